@@ -1,0 +1,146 @@
+"""Plain data that flows between the agent's parts: the cluster as sampled,
+the smoothed estimates, and the decision taken.
+
+Everything here is frozen and free of I/O, so the policy can be a pure
+function of these values and tests can build them directly. `pve.py` is the
+only place that turns PVE's JSON into these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Mode(str, Enum):
+    """Which of the three checks fired this cycle (POLICY.md, in order)."""
+
+    CPU = "cpu"
+    MEMORY = "memory"
+    PROACTIVE = "proactive"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A cluster node as `/cluster/resources` and HA status describe it.
+
+    `cpu` is PVE's raw sample (fraction of all host cores); the smoothed value
+    lives in `Estimates`, not here.
+    """
+
+    name: str
+    online: bool
+    cpu: float
+    maxcpu: int
+    mem: int
+    maxmem: int
+    maintenance: bool = False
+
+    @property
+    def mem_fraction(self) -> float:
+        return self.mem / self.maxmem if self.maxmem > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A VM or container. `mem` is host-side used bytes (`memhost` when PVE
+    reports it, else `mem`): that is what the node actually gives up when the
+    guest leaves."""
+
+    vmid: int
+    name: str
+    node: str
+    kind: str  # "qemu" or "lxc"
+    status: str  # "running", "stopped", ...
+    cpu: float  # fraction of its own vCPUs
+    maxcpu: float
+    mem: int
+    maxmem: int
+    template: bool = False
+    lock: str | None = None
+    tags: frozenset[str] = frozenset()
+    ha_managed: bool = False
+
+
+@dataclass(frozen=True)
+class AffinityRule:
+    """An HA rule of PVE 9 (`/cluster/ha/rules`), reduced to what placement
+    needs. `vmids` are the guests named in `resources` (`vm:100` → 100)."""
+
+    rule_id: str
+    kind: str  # "node-affinity" or "resource-affinity"
+    vmids: frozenset[int]
+    nodes: frozenset[str] = frozenset()
+    affinity: str = "positive"  # resource-affinity only: "positive"/"negative"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the cluster, taken at `time` (seconds, the
+    agent's clock). `migrations_running` names every migration in flight
+    anywhere in the cluster (task UPIDs or `vmid` with `lock: migrate`),
+    whoever started it. `next_backup_in` is seconds until the next scheduled
+    backup job starts (None when there is none); `backup_running` is true
+    while any vzdump task runs."""
+
+    time: float
+    nodes: tuple[Node, ...]
+    guests: tuple[Guest, ...]
+    rules: tuple[AffinityRule, ...] = ()
+    ha_auto_rebalance: bool = False
+    migrations_running: tuple[str, ...] = ()
+    backup_running: bool = False
+    next_backup_in: float | None = None
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Smoothed CPU (1-minute EMAs) keyed by node name and by vmid.
+
+    `node_cpu_ready` is false while the node EMAs are neither warmed from RRD
+    nor backed by a full minute of samples: CPU mode must not fire on them.
+    """
+
+    node_cpu: dict[str, float] = field(default_factory=dict)
+    guest_cpu: dict[int, float] = field(default_factory=dict)
+    node_cpu_ready: bool = True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A node's CPU (EMA fraction) and memory (bytes and fraction)."""
+
+    cpu: float
+    mem: int
+    mem_fraction: float
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A migration the policy wants, with the numbers that justified it."""
+
+    vmid: int
+    name: str
+    source: str
+    target: str
+    mode: Mode
+    source_before: Usage
+    source_after: Usage
+    target_before: Usage
+    target_after: Usage
+    ha_managed: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one policy evaluation: a migration or none, always with
+    a one-line human reason (the journal line is built from it)."""
+
+    reason: str
+    mode: Mode | None = None
+    migration: Migration | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
