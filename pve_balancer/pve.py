@@ -1,0 +1,627 @@
+"""The only module that knows the Proxmox VE API.
+
+It reads the token file, opens a verified HTTPS client (proxmoxer), and
+turns PVE's JSON into `model.Snapshot` with defaulting parsers: PVE omits
+fields for stopped guests, older nodes lack `memhost`, and a half-written
+answer must cost one skipped entry and a log line, never a crash.
+
+Request budget (what the leader asks for): every cycle exactly
+`/cluster/resources` and `/cluster/tasks`; HA rules, cluster options, backup
+jobs and the HA manager status are cached for `SLOW_REFRESH` seconds. None
+of these is per node or per guest, so the per-cycle cost does not grow with
+the cluster. Per-node RRD (warm-up), migrate preconditions, `/version` and
+task status are asked only when the agent needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from proxmoxer import ProxmoxAPI
+from proxmoxer.core import ResourceException
+
+from .calendar import ScheduleError, next_start
+from .model import AffinityRule, Guest, Node, Snapshot
+
+log = logging.getLogger(__name__)
+
+SLOW_REFRESH = 60.0
+"""Seconds between refreshes of rules, options, backup jobs and HA status."""
+
+MIGRATION_TASK_TYPES = frozenset({"qmigrate", "hamigrate", "vzmigrate"})
+RRD_WINDOW = 120.0
+"""Seconds of RRD history used to warm an EMA (the last minute-average
+points; the newest one may still be incomplete)."""
+
+
+class PveError(Exception):
+    """The API could not be asked or answered nonsense. The message names
+    the request and the cause, ready for the journal."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenError(ValueError):
+    """The API token line or file is unusable; the message says why."""
+
+
+_TOKEN_RE = re.compile(r"^(?P<user>[^@\s!=]+)@(?P<realm>[A-Za-z0-9][A-Za-z0-9._-]*)"
+                       r"!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A PVE API token: `USER@REALM!TOKENID=SECRET`. The secret never
+    appears in `repr` or in log lines."""
+
+    user: str
+    realm: str
+    token_name: str
+    secret: str = field(repr=False)
+
+    @property
+    def userid(self) -> str:
+        return f"{self.user}@{self.realm}"
+
+    @property
+    def token_id(self) -> str:
+        return f"{self.userid}!{self.token_name}"
+
+    @classmethod
+    def parse(cls, line: str) -> ApiToken:
+        text = line.strip()
+        if not text:
+            raise TokenError("API token is empty; expected USER@REALM!TOKENID=SECRET")
+        if "=" not in text:
+            raise TokenError("API token has no secret; expected USER@REALM!TOKENID=SECRET")
+        head = text.split("=", 1)[0]
+        if "@" not in head:
+            raise TokenError(f"API token {head!r} has no realm; expected USER@REALM!TOKENID")
+        if "!" not in head:
+            raise TokenError(f"API token {head!r} has no token id; expected USER@REALM!TOKENID")
+        m = _TOKEN_RE.match(text)
+        if not m:
+            raise TokenError(f"API token {head!r} is malformed; expected USER@REALM!TOKENID=SECRET")
+        return cls(m["user"], m["realm"], m["tokenid"], m["secret"])
+
+    @classmethod
+    def read(cls, path: Path) -> ApiToken:
+        """Read the first non-comment line of the token file. A file others
+        can read is used but warned about: it grants VM.Migrate."""
+        try:
+            st = path.stat()
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TokenError(f"cannot read API token file {path}: {exc.strerror or exc}") from exc
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("API token file %s is readable by group/others (mode %o); use 0600",
+                        path, stat.S_IMODE(st.st_mode))
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    return cls.parse(line)
+                except TokenError as exc:
+                    raise TokenError(f"{path}: {exc}") from exc
+        raise TokenError(f"{path}: no token line; expected USER@REALM!TOKENID=SECRET")
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _num(value: object, default: float = 0.0) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return default if math.isnan(value) else float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return default
+    return default
+
+
+def _int(value: object, default: int = 0) -> int:
+    return int(_num(value, float(default)))
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _items(data: object, what: str) -> list[Mapping[str, Any]]:
+    """The list PVE should have answered, minus entries that are not objects."""
+    if not isinstance(data, list):
+        raise PveError(f"{what}: expected a list, got {type(data).__name__}")
+    out: list[Mapping[str, Any]] = []
+    for entry in data:
+        if isinstance(entry, Mapping):
+            out.append(entry)
+        else:
+            log.warning("%s: skipping entry that is not an object: %.80r", what, entry)
+    return out
+
+
+def parse_tags(value: object) -> frozenset[str]:
+    """PVE separates tags with ';' (also ',' or spaces in older configs)."""
+    return frozenset(t for t in re.split(r"[;, ]+", _text(value)) if t)
+
+
+def parse_node(entry: Mapping[str, Any]) -> Node | None:
+    name = _text(entry.get("node"))
+    if not name:
+        log.warning("/cluster/resources: node entry without a name skipped: %.120r", entry)
+        return None
+    online = _text(entry.get("status")) == "online"
+    maxmem = _int(entry.get("maxmem"))
+    maxcpu = _int(entry.get("maxcpu"))
+    if online and (maxmem <= 0 or maxcpu <= 0):
+        # Without capacity the node cannot be judged: treat it as unusable.
+        log.warning("/cluster/resources: node %s lacks maxcpu/maxmem; treated as offline", name)
+        online = False
+    return Node(name=name, online=online, cpu=_num(entry.get("cpu")), maxcpu=maxcpu,
+                mem=_int(entry.get("mem")), maxmem=maxmem)
+
+
+def parse_guest(entry: Mapping[str, Any]) -> Guest | None:
+    kind = _text(entry.get("type"))
+    vmid = _int(entry.get("vmid"), -1)
+    if vmid < 0:
+        m = re.fullmatch(r"(?:qemu|lxc)/(\d+)", _text(entry.get("id")))
+        vmid = int(m.group(1)) if m else -1
+    node = _text(entry.get("node"))
+    if vmid < 0 or not node:
+        log.warning("/cluster/resources: %s entry without vmid or node skipped: %.120r",
+                    kind, entry)
+        return None
+    mem = entry.get("memhost") if entry.get("memhost") is not None else entry.get("mem")
+    hastate = _text(entry.get("hastate"))
+    lock = _text(entry.get("lock")) or None
+    return Guest(vmid=vmid, name=_text(entry.get("name")) or f"{kind}{vmid}", node=node,
+                 kind=kind, status=_text(entry.get("status")) or "unknown",
+                 cpu=_num(entry.get("cpu")), maxcpu=_num(entry.get("maxcpu"), 1.0),
+                 mem=_int(mem), maxmem=_int(entry.get("maxmem")),
+                 template=_flag(entry.get("template")), lock=lock,
+                 tags=parse_tags(entry.get("tags")),
+                 ha_managed=bool(hastate) and hastate != "ignored")
+
+
+def parse_resources(data: object) -> tuple[tuple[Node, ...], tuple[Guest, ...]]:
+    nodes: list[Node] = []
+    guests: list[Guest] = []
+    for entry in _items(data, "/cluster/resources"):
+        kind = entry.get("type")
+        if kind == "node":
+            node = parse_node(entry)
+            if node:
+                nodes.append(node)
+        elif kind in ("qemu", "lxc"):
+            guest = parse_guest(entry)
+            if guest:
+                guests.append(guest)
+    return tuple(sorted(nodes, key=lambda n: n.name)), tuple(sorted(guests, key=lambda g: g.vmid))
+
+
+def _vmid_of_resource(sid: str) -> int | None:
+    m = re.fullmatch(r"\s*(?:vm|ct):(\d+)\s*", sid) or re.fullmatch(r"\s*(\d+)\s*", sid)
+    return int(m.group(1)) if m else None
+
+
+def parse_rules(data: object) -> tuple[AffinityRule, ...]:
+    rules: list[AffinityRule] = []
+    for entry in _items(data, "/cluster/ha/rules"):
+        kind = _text(entry.get("type"))
+        rule_id = _text(entry.get("rule")) or "?"
+        if kind not in ("node-affinity", "resource-affinity"):
+            log.info("/cluster/ha/rules: rule %s of unknown type %r ignored", rule_id, kind)
+            continue
+        vmids = frozenset(v for v in (_vmid_of_resource(s)
+                                      for s in _text(entry.get("resources")).split(","))
+                          if v is not None)
+        nodes = frozenset(n.split(":", 1)[0].strip()
+                          for n in _text(entry.get("nodes")).split(",") if n.strip())
+        affinity = _text(entry.get("affinity")) or "positive"
+        rules.append(AffinityRule(rule_id=rule_id, kind=kind, vmids=vmids, nodes=nodes,
+                                  affinity=affinity, enabled=not _flag(entry.get("disable"))))
+    return tuple(rules)
+
+
+def parse_auto_rebalance(options: object) -> bool:
+    """Whether `/cluster/options` `crs` turns on PVE's own HA auto-rebalance.
+    PVE may answer the property string parsed (object) or raw."""
+    if not isinstance(options, Mapping):
+        return False
+    crs = options.get("crs")
+    if isinstance(crs, Mapping):
+        return _flag(crs.get("ha-auto-rebalance"))
+    for part in _text(crs).split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == "ha-auto-rebalance":
+            return _flag(value)
+    return False
+
+
+def parse_maintenance(manager_status: object) -> frozenset[str]:
+    """Nodes in HA maintenance mode, from `/cluster/ha/status/manager_status`."""
+    if not isinstance(manager_status, Mapping):
+        return frozenset()
+    out: set[str] = set()
+    ms = manager_status.get("manager_status")
+    node_status = ms.get("node_status") if isinstance(ms, Mapping) else None
+    if isinstance(node_status, Mapping):
+        out.update(str(n) for n, s in node_status.items() if s == "maintenance")
+    lrm = manager_status.get("lrm_status")
+    if isinstance(lrm, Mapping):
+        out.update(str(n) for n, s in lrm.items()
+                   if isinstance(s, Mapping) and s.get("mode") == "maintenance")
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One entry of `/cluster/tasks` (or a task status)."""
+
+    upid: str
+    node: str
+    kind: str
+    vmid: str
+    running: bool
+    exitstatus: str | None = None
+    starttime: float = 0.0
+    endtime: float | None = None
+
+
+def parse_upid(upid: str) -> tuple[str, str, str]:
+    """(node, task type, id) from `UPID:node:pid:pstart:starttime:type:id:user:`."""
+    parts = upid.split(":")
+    if len(parts) < 8 or parts[0] != "UPID":
+        raise PveError(f"not a UPID: {upid!r}")
+    return parts[1], parts[5], parts[6]
+
+
+def parse_task(entry: Mapping[str, Any]) -> Task | None:
+    upid = _text(entry.get("upid"))
+    try:
+        node, kind, vmid = parse_upid(upid)
+    except PveError:
+        log.warning("/cluster/tasks: entry with bad upid skipped: %.120r", entry)
+        return None
+    status = entry.get("status")
+    end = entry.get("endtime")
+    running = end is None and (status is None or status == "running")
+    return Task(upid=upid, node=_text(entry.get("node")) or node,
+                kind=_text(entry.get("type")) or kind, vmid=_text(entry.get("id")) or vmid,
+                running=running, exitstatus=None if running else _text(status) or None,
+                starttime=_num(entry.get("starttime")),
+                endtime=None if end is None else _num(end))
+
+
+def parse_tasks(data: object) -> tuple[Task, ...]:
+    return tuple(t for t in (parse_task(e) for e in _items(data, "/cluster/tasks")) if t)
+
+
+@dataclass(frozen=True)
+class BackupJob:
+    job_id: str
+    schedule: str
+    next_run: float | None  # PVE's own computation, when given
+
+
+def parse_backup_jobs(data: object) -> tuple[BackupJob, ...]:
+    jobs: list[BackupJob] = []
+    for entry in _items(data, "/cluster/backup"):
+        if "enabled" in entry and not _flag(entry.get("enabled")):
+            continue
+        nr = entry.get("next-run")
+        jobs.append(BackupJob(job_id=_text(entry.get("id")) or "?",
+                              schedule=_text(entry.get("schedule")) or _legacy_schedule(entry),
+                              next_run=_num(nr) if nr is not None else None))
+    return tuple(jobs)
+
+
+def _legacy_schedule(entry: Mapping[str, Any]) -> str:
+    start = _text(entry.get("starttime"))
+    dow = _text(entry.get("dow"))
+    return f"{dow} {start}".strip() if start else ""
+
+
+def next_backup_start(jobs: Iterable[BackupJob], now: float) -> float | None:
+    """Seconds until the earliest backup job starts; 0.0 when a job's time
+    cannot be known (conservative: the backup guard then holds)."""
+    best: float | None = None
+    for job in jobs:
+        when: float | None = None
+        if job.next_run is not None and job.next_run > now:
+            when = job.next_run
+        elif job.schedule:
+            try:
+                when = next_start(job.schedule, now)
+            except ScheduleError as exc:
+                log.warning("backup job %s: schedule %r not understood (%s); assuming it may "
+                            "start any moment", job.job_id, job.schedule, exc)
+                when = now
+        else:
+            log.warning("backup job %s has no schedule; assuming it may start any moment",
+                        job.job_id)
+            when = now
+        best = when if best is None else min(best, when)
+    return None if best is None else max(0.0, best - now)
+
+
+def parse_rrd_cpu(data: object, now: float, window: float = RRD_WINDOW,
+                  what: str = "rrddata") -> list[tuple[float, float]]:
+    """(time, cpu) points of the last `window` seconds, oldest first,
+    skipping points without a CPU value (PVE leaves gaps)."""
+    points: list[tuple[float, float]] = []
+    for entry in _items(data, what):
+        t = entry.get("time")
+        cpu = entry.get("cpu")
+        if not isinstance(t, int | float) or not isinstance(cpu, int | float):
+            continue
+        if now - window <= float(t) <= now + 60:
+            points.append((float(t), float(cpu)))
+    return sorted(points)
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """What `GET /nodes/{node}/qemu/{vmid}/migrate` says about a move."""
+
+    vmid: int
+    local_disks: tuple[str, ...] = ()
+    local_resources: tuple[str, ...] = ()
+    allowed_nodes: frozenset[str] | None = None
+    not_allowed: frozenset[str] = frozenset()
+    has_dbus_vmstate: bool = False
+
+    @property
+    def unmovable(self) -> str | None:
+        """Why the guest can never move live (None when it can)."""
+        if self.local_resources:
+            return "local resources " + ",".join(self.local_resources)
+        if self.local_disks:
+            return "local disks " + ",".join(self.local_disks)
+        return None
+
+    def blocks_target(self, target: str) -> bool:
+        if target in self.not_allowed:
+            return True
+        return self.allowed_nodes is not None and target not in self.allowed_nodes
+
+
+def parse_preconditions(vmid: int, data: object) -> Preconditions:
+    if not isinstance(data, Mapping):
+        raise PveError(f"migrate preconditions of {vmid}: expected an object")
+    disks: list[str] = []
+    raw_disks = data.get("local_disks")
+    if isinstance(raw_disks, list):
+        for d in raw_disks:
+            if isinstance(d, Mapping):
+                if _flag(d.get("cdrom")) and _text(d.get("volid")) in ("", "none"):
+                    continue
+                disks.append(_text(d.get("volid")) or "?")
+            else:
+                disks.append(_text(d))
+    raw_res = data.get("local_resources")
+    resources = [_text(r) for r in raw_res] if isinstance(raw_res, list) else []
+    allowed = data.get("allowed_nodes")
+    not_allowed = data.get("not_allowed_nodes")
+    return Preconditions(
+        vmid=vmid, local_disks=tuple(disks), local_resources=tuple(r for r in resources if r),
+        allowed_nodes=frozenset(_text(n) for n in allowed) if isinstance(allowed, list) else None,
+        not_allowed=frozenset(str(n) for n in not_allowed)
+        if isinstance(not_allowed, Mapping) else frozenset(),
+        has_dbus_vmstate=_flag(data.get("has-dbus-vmstate")))
+
+
+def parse_major_version(data: object) -> int:
+    if isinstance(data, Mapping):
+        m = re.match(r"(\d+)", _text(data.get("release")) or _text(data.get("version")))
+        if m:
+            return int(m.group(1))
+    raise PveError("/version: no release number in the answer")
+
+
+# ----------------------------------------------------------------- client
+
+
+@dataclass
+class _Cached:
+    value: Any
+    fetched: float
+
+
+class PveClient:
+    """A verified connection to one node's API plus the cluster view built
+    from it. All methods raise `PveError` on failure, never proxmoxer's or
+    requests' exceptions."""
+
+    def __init__(self, api: Any, node: str = "") -> None:
+        self.api = api
+        self.node = node
+        self._slow: dict[str, _Cached] = {}
+        self._version: int | None = None
+        self.requests = 0
+        """API calls made through this client (tests and `plan` report it)."""
+
+    # -- low level
+
+    def _call(self, method: str, path: Sequence[str | int], **params: Any) -> Any:
+        text = "/" + "/".join(str(p) for p in path)
+        self.requests += 1
+        try:
+            resource = self.api(list(path)) if path else self.api
+            if method == "GET":
+                return resource.get(**params)
+            return resource.post(**params)
+        except ResourceException as exc:
+            raise PveError(f"{method} {text}: HTTP {exc.status_code} {exc.content}".strip(),
+                           status=exc.status_code) from exc
+        except requests.exceptions.SSLError as exc:
+            raise PveError(f"{method} {text}: TLS verification failed ({exc})") from exc
+        except requests.exceptions.Timeout as exc:
+            raise PveError(f"{method} {text}: timed out") from exc
+        except requests.exceptions.RequestException as exc:
+            raise PveError(f"{method} {text}: {type(exc).__name__}: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PveError(f"{method} {text}: unreadable answer ({exc})") from exc
+
+    def get(self, *path: str | int, **params: Any) -> Any:
+        data = self._call("GET", path, **params)
+        if isinstance(data, Mapping) and set(data) == {"errors"} and isinstance(
+                data["errors"], bytes | str):
+            # proxmoxer's way of saying the body was not JSON.
+            raise PveError(f"GET /{'/'.join(str(p) for p in path)}: body is not JSON")
+        return data
+
+    def _slow_get(self, key: str, now: float, path: Sequence[str], default: Any) -> Any:
+        """A cached GET refreshed every SLOW_REFRESH s; a failed refresh keeps
+        the previous value (or `default` before the first success)."""
+        cached = self._slow.get(key)
+        if cached is not None and now - cached.fetched < SLOW_REFRESH:
+            return cached.value
+        try:
+            value = self.get(*path)
+        except PveError as exc:
+            log.warning("%s (keeping the previous value)", exc)
+            value = cached.value if cached is not None else default
+        self._slow[key] = _Cached(value, now)
+        return value
+
+    def invalidate_slow(self) -> None:
+        """Forget cached rules/options/backup/HA status (e.g. on a new term)."""
+        self._slow.clear()
+
+    # -- cluster view
+
+    def sample(self, now: float) -> tuple[Snapshot, tuple[Task, ...]]:
+        """One snapshot of the cluster plus the task list it was built from."""
+        resources = self.get("cluster", "resources")
+        nodes, guests = parse_resources(resources)
+        tasks = parse_tasks(self.get("cluster", "tasks"))
+        rules = self._slow_get("rules", now, ("cluster", "ha", "rules"), [])
+        options = self._slow_get("options", now, ("cluster", "options"), {})
+        backup = self._slow_get("backup", now, ("cluster", "backup"), [])
+        manager = self._slow_get("manager", now, ("cluster", "ha", "status", "manager_status"),
+                                 {})
+        try:
+            parsed_rules = parse_rules(rules)
+        except PveError as exc:
+            log.warning("%s; no HA rules assumed", exc)
+            parsed_rules = ()
+        try:
+            jobs = parse_backup_jobs(backup)
+        except PveError as exc:
+            log.warning("%s; assuming a backup may start any moment", exc)
+            jobs = (BackupJob("?", "", None),)
+        maintenance = parse_maintenance(manager)
+        if maintenance:
+            nodes = tuple(Node(n.name, n.online, n.cpu, n.maxcpu, n.mem, n.maxmem,
+                               maintenance=n.name in maintenance) for n in nodes)
+        running: list[str] = [t.upid for t in tasks
+                              if t.running and t.kind in MIGRATION_TASK_TYPES]
+        running += [f"vm {g.vmid} lock:migrate" for g in guests if g.lock == "migrate"]
+        snapshot = Snapshot(
+            time=now, nodes=nodes, guests=guests, rules=parsed_rules,
+            ha_auto_rebalance=parse_auto_rebalance(options),
+            migrations_running=tuple(running),
+            backup_running=any(t.running and t.kind == "vzdump" for t in tasks),
+            next_backup_in=next_backup_start(jobs, now))
+        return snapshot, tasks
+
+    # -- warm-up
+
+    def node_cpu_history(self, node: str, now: float) -> list[tuple[float, float]]:
+        data = self.get("nodes", node, "rrddata", timeframe="hour", cf="AVERAGE")
+        return parse_rrd_cpu(data, now, what=f"/nodes/{node}/rrddata")
+
+    def guest_cpu_history(self, node: str, vmid: int, now: float) -> list[tuple[float, float]]:
+        data = self.get("nodes", node, "qemu", vmid, "rrddata", timeframe="hour", cf="AVERAGE")
+        return parse_rrd_cpu(data, now, what=f"/nodes/{node}/qemu/{vmid}/rrddata")
+
+    # -- migrations
+
+    def major_version(self) -> int:
+        """PVE major release of the node we talk to (cached for the life of
+        the client; an upgrade restarts the agent anyway)."""
+        if self._version is None:
+            self._version = parse_major_version(self.get("version"))
+        return self._version
+
+    def preconditions(self, node: str, vmid: int, target: str) -> Preconditions:
+        data = self.get("nodes", node, "qemu", vmid, "migrate", target=target)
+        return parse_preconditions(vmid, data)
+
+    def migrate(self, node: str, vmid: int, target: str) -> str:
+        """Start a live migration; returns the UPID PVE answered."""
+        params: dict[str, Any] = {"target": target, "online": 1}
+        try:
+            if self.major_version() >= 9:
+                params["with-conntrack-state"] = 1
+        except PveError as exc:
+            log.warning("%s; migrating without conntrack state", exc)
+        upid = self._call("POST", ("nodes", node, "qemu", vmid, "migrate"), **params)
+        if not isinstance(upid, str) or not upid.startswith("UPID:"):
+            raise PveError(f"POST /nodes/{node}/qemu/{vmid}/migrate: no task id in the answer "
+                           f"({upid!r:.80})")
+        return upid
+
+    def task_status(self, upid: str) -> Task:
+        node, _kind, _id = parse_upid(upid)
+        data = self.get("nodes", node, "tasks", upid, "status")
+        if not isinstance(data, Mapping):
+            raise PveError(f"task {upid}: status is not an object")
+        running = _text(data.get("status")) == "running"
+        merged = dict(data)
+        merged.setdefault("upid", upid)
+        task = parse_task({**merged, "status": "running" if running else
+                           (_text(data.get("exitstatus")) or "unknown"),
+                           "endtime": None if running else data.get("endtime", 0)})
+        if task is None:
+            raise PveError(f"task {upid}: unreadable status")
+        return task
+
+
+def connect(api_url: str, token: ApiToken, verify: str | bool = True,
+            timeout: float = 10.0) -> PveClient:
+    """A client for the API at `api_url` (e.g. https://localhost:8006).
+
+    `verify` is a CA bundle path (normally `/etc/pve/pve-root-ca.pem`), True
+    for the system store, or False (never by default). Nothing is sent until
+    the first request.
+    """
+    parts = urlsplit(api_url if "://" in api_url else f"https://{api_url}")
+    if parts.scheme != "https":
+        raise PveError(f"API URL {api_url!r}: only https is supported")
+    if not parts.hostname:
+        raise PveError(f"API URL {api_url!r}: no host")
+    if isinstance(verify, str) and not os.path.exists(verify):
+        raise PveError(f"CA file {verify} does not exist (needed to verify {api_url})")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    api = ProxmoxAPI(host, port=parts.port or 8006, user=token.userid,
+                     token_name=token.token_name, token_value=token.secret,
+                     verify_ssl=verify, timeout=timeout, backend="https", service="PVE")
+    return PveClient(api)
+
+
+ClientFactory = Callable[[], PveClient]
