@@ -1,0 +1,173 @@
+"""The leader's public notice: `{root}/pve-balancer/status.json`.
+
+The pmxcfs lock directory says nothing about its owner, so the leader
+publishes who it is, since when, the nodes as it sees them (with CPU EMAs,
+which no single API call can give) and its last decisions. Every node's
+`pve-balancer status` reads it from its own `/etc/pve`.
+
+Writes go through pmxcfs to every node, so they are kept modest: at once
+when something changed (new leader, new decision), otherwise a refresh every
+`REFRESH` seconds so readers can tell a live leader from a dead one by
+`updated`. Each write is a temp file plus rename, so readers never see half
+a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATUS_RELPATH = Path("pve-balancer") / "status.json"
+REFRESH = 30.0
+KEEP_DECISIONS = 20
+FORMAT_VERSION = 1
+
+
+def status_path(pve_root: Path) -> Path:
+    return pve_root / STATUS_RELPATH
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One migration decision and what became of it."""
+
+    time: float
+    mode: str
+    vmid: int
+    name: str
+    source: str
+    target: str
+    result: str  # "started", "ok", "failed: ...", "dry-run", "observe-only", ...
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    online: bool
+    cpu_ema: float | None
+    cpu: float
+    mem: int
+    maxmem: int
+    maintenance: bool = False
+
+
+class StatusWriter:
+    """Keeps the document in memory and writes it when due."""
+
+    def __init__(self, path: Path, node: str, refresh: float = REFRESH,
+                 keep: int = KEEP_DECISIONS) -> None:
+        self.path = path
+        self.node = node
+        self.refresh = refresh
+        self._decisions: deque[DecisionRecord] = deque(maxlen=keep)
+        self._nodes: tuple[NodeRecord, ...] = ()
+        self._thresholds: dict[str, float] = {}
+        self._since: float | None = None
+        self._last_action = ""
+        self._last_write: float | None = None
+        self._dirty = True
+        self.writes = 0
+
+    def seed_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        """Continue a previous leader's history (read from the old file)."""
+        for rec in records:
+            self._decisions.append(rec)
+
+    def became_leader(self, since: float) -> None:
+        self._since = since
+        self._dirty = True
+
+    def record(self, rec: DecisionRecord) -> None:
+        self._decisions.append(rec)
+        self._dirty = True
+
+    def update(self, nodes: Sequence[NodeRecord], thresholds: Mapping[str, float],
+               last_action: str) -> None:
+        """Latest view; does not by itself make a write due."""
+        self._nodes = tuple(nodes)
+        self._thresholds = dict(thresholds)
+        self._last_action = last_action
+
+    def document(self, now: float) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "leader": self.node,
+            "since": self._since,
+            "updated": now,
+            "refresh": self.refresh,
+            "last_action": self._last_action,
+            "thresholds": self._thresholds,
+            "nodes": [asdict(n) for n in self._nodes],
+            "decisions": [asdict(d) for d in self._decisions],
+        }
+
+    def maybe_write(self, now: float) -> bool:
+        """Write if something changed or the refresh is due. Never raises: a
+        failed write (no quorum: EACCES) is logged and retried next time."""
+        due = self._dirty or self._last_write is None or now - self._last_write >= self.refresh
+        if not due:
+            return False
+        try:
+            write_atomic(self.path, json.dumps(self.document(now), indent=1, sort_keys=True))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc.strerror or exc)
+            return False
+        self._last_write = now
+        self._dirty = False
+        self.writes += 1
+        return True
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The published document, or None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def decisions_from(doc: Mapping[str, Any]) -> list[DecisionRecord]:
+    """Decision records of a document, skipping malformed ones."""
+    out: list[DecisionRecord] = []
+    raw = doc.get("decisions")
+    if not isinstance(raw, list):
+        return out
+    for item in raw:
+        if not isinstance(item, dict):
+            continue
+        try:
+            out.append(DecisionRecord(
+                time=float(item["time"]), mode=str(item["mode"]), vmid=int(item["vmid"]),
+                name=str(item.get("name", "")), source=str(item["source"]),
+                target=str(item["target"]), result=str(item["result"]),
+                reason=str(item.get("reason", ""))))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
