@@ -1,0 +1,533 @@
+"""The decision engine: given one snapshot, the CPU estimates and the
+configuration, which single live migration (if any) should start now, and why.
+
+`decide` is a pure, total function: no I/O, no clock, no exceptions. Every
+input yields a `Decision` whose `reason` is one line an operator can act on;
+randomness comes only from the `rng` passed in, so a seeded run repeats. All
+of the balancing rules live here (see docs/policy.md for the rules as
+implemented and the reasoning behind each choice).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .config import Config
+from .model import Decision, Estimates, Guest, Migration, Mode, Node, Snapshot, Usage
+
+MIN_BENEFIT = 0.01
+"""A move must lower the source by at least this fraction of its capacity (CPU
+or memory, by mode): moving an idle or tiny guest costs a migration and
+relieves nothing."""
+
+_GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the agent remembers between cycles that the snapshot cannot say:
+    guests it migrated recently (`cooldown_until[vmid]` in snapshot time) and
+    guests known not to migrate (local disks or resources, learnt from PVE's
+    migrate preconditions)."""
+
+    cooldown_until: Mapping[int, float] = field(default_factory=dict)
+    unmovable: frozenset[int] = frozenset()
+
+
+# --- sanitised numbers -------------------------------------------------------
+
+
+def _num(value: object) -> float:
+    """A finite, non-negative float (anything else counts as 0): the policy
+    must not turn a bad sample into NaN comparisons that silently pass."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    number = float(value)
+    return number if math.isfinite(number) and number > 0.0 else 0.0
+
+
+def _bytes(value: object) -> int:
+    return int(_num(value))
+
+
+@dataclass(frozen=True)
+class _Load:
+    """A node's figures as the policy uses them."""
+
+    node: Node
+    cpu: float  # EMA fraction of all host cores
+    mem: int  # used bytes
+    maxmem: int
+    maxcpu: float
+
+    @property
+    def mem_fraction(self) -> float:
+        return self.mem / self.maxmem if self.maxmem > 0 else 0.0
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def usage(self) -> Usage:
+        return Usage(cpu=self.cpu, mem=self.mem, mem_fraction=self.mem_fraction)
+
+    def after(self, cpu_delta: float, mem_delta: int) -> Usage:
+        mem = max(0, self.mem + mem_delta)
+        cpu = max(0.0, self.cpu + cpu_delta)
+        return Usage(cpu=cpu, mem=mem, mem_fraction=mem / self.maxmem if self.maxmem > 0 else 0.0)
+
+
+def _utilisation(load: _Load | Usage, mode: Mode) -> float:
+    return load.cpu if mode is Mode.CPU else load.mem_fraction
+
+
+def _f(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _gib(b: float) -> str:
+    return f"{b / _GIB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class _View:
+    """The snapshot seen through the estimates, with every number sanitised."""
+
+    snapshot: Snapshot
+    estimates: Estimates
+    config: Config
+    loads: dict[str, _Load]
+
+    @classmethod
+    def build(cls, snapshot: Snapshot, estimates: Estimates, config: Config) -> _View:
+        loads: dict[str, _Load] = {}
+        for node in snapshot.nodes:
+            if not node.online or node.name in loads:
+                continue
+            ema = estimates.node_cpu.get(node.name)
+            loads[node.name] = _Load(
+                node=node,
+                cpu=_num(node.cpu if ema is None else ema),
+                mem=_bytes(node.mem),
+                maxmem=_bytes(node.maxmem),
+                maxcpu=_num(node.maxcpu),
+            )
+        return cls(snapshot, estimates, config, loads)
+
+    def guest_cpu(self, guest: Guest) -> float:
+        """Guest CPU EMA as a fraction of its own vCPUs (raw sample if no EMA)."""
+        return _num(self.estimates.guest_cpu.get(guest.vmid, guest.cpu))
+
+    def share(self, guest: Guest, load: _Load) -> float:
+        """The guest's CPU as a fraction of `load`'s node."""
+        if load.maxcpu <= 0.0:
+            return 0.0
+        return self.guest_cpu(guest) * _num(guest.maxcpu) / load.maxcpu
+
+    @property
+    def cpu_limit(self) -> float:
+        return self.config.cpu_max - self.config.safety_margin
+
+    @property
+    def memory_limit(self) -> float:
+        return self.config.memory_max - self.config.safety_margin
+
+
+# --- guards ------------------------------------------------------------------
+
+
+def _guard(snapshot: Snapshot, config: Config) -> str | None:
+    running = list(snapshot.migrations_running)
+    running += [
+        f"vm {g.vmid} locked migrate" for g in snapshot.guests if g.lock == "migrate"
+    ]
+    if running:
+        more = f" and {len(running) - 3} more" if len(running) > 3 else ""
+        shown = ", ".join(running[:3]) + more
+        return f"waiting: migration in progress ({shown})"
+    if snapshot.backup_running:
+        return "waiting: backup running"
+    if snapshot.next_backup_in is not None:
+        starts = snapshot.next_backup_in
+        if math.isnan(starts) or starts <= config.backup_guard:
+            return (
+                f"waiting: backup starts in {max(0.0, starts):.0f} s "
+                f"(backup_guard {config.backup_guard:.0f} s)"
+            )
+    return None
+
+
+# --- candidates --------------------------------------------------------------
+
+
+def _pinned_vmids(snapshot: Snapshot) -> frozenset[int]:
+    """Guests an enabled HA rule ties to a node or to other guests."""
+    pinned: set[int] = set()
+    for rule in snapshot.rules:
+        if not rule.enabled:
+            continue
+        if rule.kind == "node-affinity" or (
+            rule.kind == "resource-affinity" and rule.affinity == "positive"
+        ):
+            pinned.update(rule.vmids)
+    return frozenset(pinned)
+
+
+def _filter_reason(
+    guest: Guest, view: _View, state: PolicyState, pinned: frozenset[int]
+) -> str | None:
+    """Why `guest` may not be moved at all (None: it may)."""
+    config, now = view.config, view.snapshot.time
+    if guest.kind != "qemu":
+        return "not qemu"
+    if guest.template:
+        return "template"
+    if guest.lock:
+        return "locked"
+    if guest.vmid in state.unmovable:
+        return "needs local resources"
+    tag = config.exclude_tag.strip().lower()
+    if tag and tag in {t.strip().lower() for t in guest.tags}:
+        return "excluded by tag"
+    until = state.cooldown_until.get(guest.vmid)
+    if until is not None and not now >= until:  # an unusable clock keeps the cooldown
+        return "in cooldown"
+    if guest.vmid in pinned:
+        return "bound by affinity rule"
+    if view.snapshot.ha_auto_rebalance and guest.ha_managed:
+        return "left to PVE auto-rebalance"
+    return None
+
+
+# --- evaluation of one source ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rejection:
+    """Why a (guest, target) pair or a source failed, for the log line."""
+
+    text: str
+
+
+def _targets(view: _View, source: _Load) -> tuple[list[_Load], list[str]]:
+    eligible: list[_Load] = []
+    excluded: list[str] = []
+    for node in view.snapshot.nodes:
+        if node.name == source.name:
+            continue
+        load = view.loads.get(node.name)
+        if load is None:
+            excluded.append(f"{node.name} offline")
+        elif node.maintenance:
+            excluded.append(f"{node.name} in maintenance")
+        elif node.name in view.config.exclude_nodes:
+            excluded.append(f"{node.name} in exclude_nodes")
+        elif load.maxmem <= 0 or load.maxcpu <= 0.0:
+            excluded.append(f"{node.name} reports no capacity")
+        elif load not in eligible:
+            eligible.append(load)
+    return eligible, excluded
+
+
+def _anti_affine(view: _View, guest: Guest, target: _Load) -> str | None:
+    on_target = {g.vmid for g in view.snapshot.guests if g.node == target.name}
+    for rule in view.snapshot.rules:
+        if (
+            rule.enabled
+            and rule.kind == "resource-affinity"
+            and rule.affinity == "negative"
+            and guest.vmid in rule.vmids
+        ):
+            clash = sorted((rule.vmids - {guest.vmid}) & on_target)
+            if clash:
+                return (
+                    f"vm {guest.vmid} must not share a node with vm {clash[0]} "
+                    f"(negative resource-affinity {rule.rule_id}) on {target.name}"
+                )
+    return None
+
+
+def _evaluate(
+    view: _View, mode: Mode, guest: Guest, source: _Load, target: _Load
+) -> Migration | _Rejection:
+    """All favourable-outcome checks for moving `guest` from `source` to `target`."""
+    clash = _anti_affine(view, guest, target)
+    if clash is not None:
+        return _Rejection(clash)
+    mem = _bytes(guest.mem)
+    cpu_on_target = view.share(guest, target)
+    target_after = target.after(cpu_on_target, mem)
+    if target_after.mem_fraction > view.memory_limit:
+        return _Rejection(
+            f"vm {guest.vmid} would put {target.name} memory at "
+            f"{_f(target_after.mem_fraction)} > {_f(view.memory_limit)} "
+            "(memory_max - safety_margin)"
+        )
+    if target_after.cpu > view.cpu_limit:
+        return _Rejection(
+            f"vm {guest.vmid} would put {target.name} cpu at "
+            f"{_f(target_after.cpu)} > {_f(view.cpu_limit)} (cpu_max - safety_margin)"
+        )
+    if mode is Mode.CPU:
+        midpoint = (source.cpu + target.cpu) / 2.0
+        if target_after.cpu > midpoint:
+            return _Rejection(
+                f"vm {guest.vmid} would flip the imbalance on {target.name} "
+                f"({_f(target_after.cpu)} > midpoint {_f(midpoint)})"
+            )
+    elif 2 * target_after.mem > source.mem + target.mem:
+        midpoint_bytes = (source.mem + target.mem) / 2.0
+        return _Rejection(
+            f"vm {guest.vmid} would flip the imbalance on {target.name} "
+            f"({_gib(target_after.mem)} > midpoint {_gib(midpoint_bytes)})"
+        )
+    return Migration(
+        vmid=guest.vmid,
+        name=guest.name,
+        source=source.name,
+        target=target.name,
+        mode=mode,
+        source_before=source.usage(),
+        source_after=source.after(-view.share(guest, source), -mem),
+        target_before=target.usage(),
+        target_after=target_after,
+        ha_managed=guest.ha_managed,
+    )
+
+
+def _benefit(view: _View, mode: Mode, guest: Guest, source: _Load) -> float:
+    if mode is Mode.CPU:
+        return view.share(guest, source)
+    return _bytes(guest.mem) / source.maxmem if source.maxmem > 0 else 0.0
+
+
+def _candidates(
+    view: _View, mode: Mode, source: _Load, state: PolicyState, rng: random.Random
+) -> tuple[list[Guest], dict[str, int], list[int]]:
+    """Movable guests on `source` in the order they are tried, the count of
+    guests filtered out per reason, and the busiest VMs kept (CPU mode)."""
+    pinned = _pinned_vmids(view.snapshot)
+    seen: set[int] = set()
+    running: list[Guest] = []
+    for guest in view.snapshot.guests:
+        if guest.node == source.name and guest.status == "running" and guest.vmid not in seen:
+            seen.add(guest.vmid)
+            running.append(guest)
+    running.sort(key=lambda g: g.vmid)
+
+    kept: list[int] = []
+    if mode is Mode.CPU:
+        vms = [g for g in running if g.kind == "qemu"]
+        if vms:
+            top = max(view.share(g, source) for g in vms)
+            kept = [g.vmid for g in vms if view.share(g, source) == top]
+
+    filtered: dict[str, int] = {}
+    movable: list[Guest] = []
+    for guest in running:
+        why = _filter_reason(guest, view, state, pinned)
+        if why is None and guest.vmid in kept:
+            why = "busiest vm kept"
+        if why is not None:
+            filtered[why] = filtered.get(why, 0) + 1
+            continue
+        movable.append(guest)
+
+    if mode is Mode.CPU:
+        movable.sort(key=lambda g: (-view.share(g, source), g.vmid))
+    else:
+        rng.shuffle(movable)
+    return movable, filtered, kept
+
+
+def _try_source(
+    view: _View, mode: Mode, source: _Load, state: PolicyState, rng: random.Random
+) -> Migration | _Rejection:
+    movable, filtered, kept = _candidates(view, mode, source, state, rng)
+    if not movable:
+        parts = [f"{count} {why}" for why, count in sorted(filtered.items())]
+        if kept:
+            parts = [f"busiest vm {kept[0]} kept"] + [
+                p for p in parts if not p.endswith("busiest vm kept")
+            ]
+        detail = f" ({', '.join(parts)})" if parts else ""
+        return _Rejection(f"no movable vm on {source.name}{detail}")
+
+    targets, excluded = _targets(view, source)
+    if not targets:
+        detail = f": {', '.join(excluded)}" if excluded else ""
+        return _Rejection(f"no eligible target node{detail}")
+    targets.sort(key=lambda t: (_utilisation(t, mode), t.name))
+
+    first: _Rejection | None = None
+    idle: _Rejection | None = None
+    for guest in movable:
+        benefit = _benefit(view, mode, guest, source)
+        if benefit < MIN_BENEFIT:
+            if idle is None:
+                what = "cpu share" if mode is Mode.CPU else "memory share"
+                idle = _Rejection(
+                    f"vm {guest.vmid} brings no tangible benefit "
+                    f"({what} {_f(benefit)} < {_f(MIN_BENEFIT)})"
+                )
+            continue
+        for target in targets:
+            outcome = _evaluate(view, mode, guest, source, target)
+            if isinstance(outcome, Migration):
+                return outcome
+            if first is None:
+                first = outcome
+    return first or idle or _Rejection(f"no movable vm on {source.name}")
+
+
+# --- the three checks --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Trigger:
+    mode: Mode
+    sources: Sequence[_Load]
+    text: str  # "pve1 above cpu_max (0.91 > 0.80)"
+
+
+def _memory_pool(view: _View) -> list[_Load]:
+    """Nodes proactive balancing considers: online, not in maintenance, not
+    excluded. The mean must describe capacity the balancer may use."""
+    return [
+        load
+        for load in view.loads.values()
+        if not load.node.maintenance
+        and load.name not in view.config.exclude_nodes
+        and load.maxmem > 0
+    ]
+
+
+def _mean_memory(view: _View) -> float:
+    pool = _memory_pool(view)
+    return sum(load.mem_fraction for load in pool) / len(pool) if pool else 0.0
+
+
+def _ranked(loads: Sequence[_Load], mode: Mode) -> list[_Load]:
+    return sorted(loads, key=lambda load: (-_utilisation(load, mode), load.name))
+
+
+def _check(view: _View) -> _Trigger | str:
+    config = view.config
+    loads = list(view.loads.values())
+    cpu_hot = _ranked([n for n in loads if n.cpu > config.cpu_max], Mode.CPU)
+    if cpu_hot and view.estimates.node_cpu_ready:
+        top = cpu_hot[0]
+        return _Trigger(
+            Mode.CPU, cpu_hot, f"{top.name} above cpu_max ({_f(top.cpu)} > {_f(config.cpu_max)})"
+        )
+    mem_hot = _ranked([n for n in loads if n.mem_fraction > config.memory_max], Mode.MEMORY)
+    if mem_hot:
+        top = mem_hot[0]
+        return _Trigger(
+            Mode.MEMORY,
+            mem_hot,
+            f"{top.name} above memory_max ({_f(top.mem_fraction)} > {_f(config.memory_max)})",
+        )
+    if cpu_hot:
+        top = cpu_hot[0]
+        return (
+            f"waiting: cpu estimates warming up ({top.name} at {_f(top.cpu)} "
+            f"above cpu_max {_f(config.cpu_max)} unconfirmed)"
+        )
+    mean = _mean_memory(view)
+    threshold = config.proactive_factor * mean
+    pool = _memory_pool(view)
+    above = _ranked([n for n in pool if n.mem_fraction > threshold], Mode.PROACTIVE)
+    if len(pool) >= 2 and above:
+        top = above[0]
+        return _Trigger(
+            Mode.PROACTIVE,
+            above,
+            f"{top.name} above memory_threshold ({_f(top.mem_fraction)} > {_f(threshold)} "
+            f"= {config.proactive_factor:g} x mean {_f(mean)})",
+        )
+    return (
+        f"balanced: no node above cpu_max {_f(config.cpu_max)}, memory_max "
+        f"{_f(config.memory_max)} or memory_threshold {_f(threshold)}"
+    )
+
+
+def _thresholds(view: _View) -> dict[str, float]:
+    config = view.config
+    mean = _mean_memory(view)
+    return {
+        "cpu_max": config.cpu_max,
+        "memory_max": config.memory_max,
+        "safety_margin": config.safety_margin,
+        "cpu_target_max": view.cpu_limit,
+        "memory_target_max": view.memory_limit,
+        "proactive_factor": config.proactive_factor,
+        "memory_mean": mean,
+        "memory_threshold": config.proactive_factor * mean,
+        "min_benefit": MIN_BENEFIT,
+    }
+
+
+def _describe(migration: Migration) -> str:
+    src, dst = migration.source_before, migration.target_before
+    src_after, dst_after = migration.source_after, migration.target_after
+    if migration.mode is Mode.CPU:
+        what = "cpu"
+        numbers = (src.cpu, src_after.cpu, dst.cpu, dst_after.cpu)
+    else:
+        what = "memory"
+        numbers = (src.mem_fraction, src_after.mem_fraction, dst.mem_fraction,
+                   dst_after.mem_fraction)
+    name = f" ({migration.name})" if migration.name else ""
+    return (
+        f"migrate vm {migration.vmid}{name} from {migration.source} to {migration.target}: "
+        f"{what} {_f(numbers[0])}->{_f(numbers[1])} on {migration.source}, "
+        f"{_f(numbers[2])}->{_f(numbers[3])} on {migration.target}"
+    )
+
+
+def decide(
+    snapshot: Snapshot,
+    estimates: Estimates,
+    config: Config,
+    state: PolicyState,
+    rng: random.Random,
+) -> Decision:
+    """The one migration to start now, or none, with the reason and numbers."""
+    view = _View.build(snapshot, estimates, config)
+    thresholds = _thresholds(view)
+    guard = _guard(snapshot, config)
+    if guard is not None:
+        return Decision(reason=guard, thresholds=thresholds)
+    if not view.loads:
+        return Decision(reason="waiting: no online node", thresholds=thresholds)
+
+    trigger = _check(view)
+    if isinstance(trigger, str):
+        return Decision(reason=trigger, thresholds=thresholds)
+
+    first: _Rejection | None = None
+    for source in trigger.sources:
+        outcome = _try_source(view, trigger.mode, source, state, rng)
+        if isinstance(outcome, Migration):
+            text = trigger.text if source is trigger.sources[0] else (
+                f"{trigger.text}; {source.name} at "
+                f"{_f(_utilisation(source, trigger.mode))} also above"
+            )
+            return Decision(
+                reason=f"{text}: {_describe(outcome)}",
+                mode=trigger.mode,
+                migration=outcome,
+                thresholds=thresholds,
+            )
+        if first is None:
+            first = outcome
+    detail = first.text if first is not None else "no source node"
+    return Decision(
+        reason=f"{trigger.text} but no favourable migration: {detail}",
+        mode=trigger.mode,
+        thresholds=thresholds,
+    )
