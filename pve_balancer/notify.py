@@ -10,6 +10,7 @@ no-op, so the daemon never has to ask where it runs.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def _systemd_notify() -> Callable[[str], bool] | None:
     try:
-        from systemd import daemon  # noqa: PLC0415 - optional dependency
+        daemon = importlib.import_module("systemd.daemon")
     except ImportError:
         return None
 
