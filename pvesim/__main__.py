@@ -1,0 +1,265 @@
+"""`python -m pvesim`: run a simulated cluster.
+
+    serve --scenario FILE --connection-file OUT.json [--speed X] [--seed N]
+          [--state-dir DIR] [--metrics-out M.json] [--plot P.png]
+        The whole lab in real time (times --speed): one HTTPS API per node, the
+        control endpoint, and per node a directory laid out like /etc/pve.
+        The connection file appears (atomically) only once everything
+        listens; the process runs until SIGTERM/SIGINT and exits 0.
+
+    run --scenario FILE --duration SECONDS [--seed N] [--step S]
+        --metrics-out M.json [--plot P.png]
+        A stepped run with no agent (baselines, benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvesim.control import ControlServer, SimControl
+from pvesim.faults import FaultInjector
+from pvesim.realtime import RealtimeDriver
+from pvesim.server import ClusterServer
+from pvesim.tls import ensure_pki
+
+log = logging.getLogger("pvesim")
+
+AGENT_TOKEN = "pve-balancer@pve!agent"
+
+
+class UsageError(Exception):
+    """Bad command-line input; reported as one line, exit status 2."""
+
+
+def _build_simulator(scenario_path: Path, seed: int) -> Any:
+    from pvesim.cluster import Simulator  # noqa: PLC0415
+    from pvesim.scenario import load_scenario  # noqa: PLC0415
+
+    if not scenario_path.is_file():
+        raise UsageError(f"scenario file {scenario_path}: not found")
+    scenario = load_scenario(scenario_path)
+    return Simulator(scenario, seed=seed)
+
+
+def _balancer_config(scenario_path: Path) -> dict[str, Any] | None:
+    """The scenario's optional `balancer_config:` mapping, read straight from
+    the YAML (it is the agent's business, not the simulator's)."""
+    doc = yaml.safe_load(scenario_path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("balancer_config") is None:
+        return None
+    value = doc["balancer_config"]
+    if not isinstance(value, dict):
+        raise UsageError(f"{scenario_path}: balancer_config must be a mapping")
+    return value
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def layout_pve_roots(
+    state_dir: Path,
+    node_names: list[str],
+    ca_cert: Path,
+    token_id: str,
+    secret: str,
+    balancer_config: dict[str, Any] | None,
+) -> dict[str, Path]:
+    """Per node, a directory laid out like that node's /etc/pve."""
+    roots: dict[str, Path] = {}
+    for node in node_names:
+        root = state_dir / "etc-pve" / node
+        (root / "priv").mkdir(parents=True, exist_ok=True)
+        os.chmod(root / "priv", 0o700)
+        shutil.copyfile(ca_cert, root / "pve-root-ca.pem")
+        token_line = f"{token_id}={secret}\n".encode()
+        _write_atomic(root / "priv" / "pve-balancer.token", token_line, 0o600)
+        if balancer_config is not None:
+            text = yaml.safe_dump(balancer_config, sort_keys=False)
+            _write_atomic(root / "balancer.yaml", text.encode(), 0o644)
+        roots[node] = root
+    return roots
+
+
+def _write_metrics(sim: Any, metrics_out: Path | None, plot: Path | None) -> None:
+    if metrics_out is not None:
+        with sim.lock:
+            data = sim.metrics.to_dict()
+        _write_atomic(metrics_out, (json.dumps(data, indent=2) + "\n").encode(), 0o644)
+    if plot is not None:
+        from pvesim.plot import write_png  # noqa: PLC0415 - matplotlib loads slowly
+
+        with sim.lock:
+            write_png(sim, plot)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    scenario_path = Path(args.scenario)
+    sim = _build_simulator(scenario_path, args.seed)
+    balancer_config = _balancer_config(scenario_path)
+    tokens: dict[str, str] = dict(sim.tokens)
+    if AGENT_TOKEN not in tokens:
+        raise UsageError(f"scenario defines no token {AGENT_TOKEN}")
+    node_names = list(sim.node_names)
+
+    own_state_dir = args.state_dir is None
+    state_dir = Path(tempfile.mkdtemp(prefix="pvesim-")) if own_state_dir else Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    servers: ClusterServer | None = None
+    control_server: ControlServer | None = None
+    driver: RealtimeDriver | None = None
+    try:
+        pki = ensure_pki(state_dir / "pki", node_names)
+        roots = layout_pve_roots(
+            state_dir, node_names, pki.ca_cert_path, AGENT_TOKEN, tokens[AGENT_TOKEN],
+            balancer_config,
+        )
+        injector = FaultInjector(sim, seed=args.seed)
+        servers = ClusterServer(injector, pki, node_names, reachable=sim.node_reachable)
+        driver = RealtimeDriver(sim, speed=args.speed)
+        control_token = secrets.token_hex(16)
+        control_server = ControlServer(SimControl(sim, injector, driver), control_token)
+        servers.start()
+        control_server.start()
+        driver.start()
+        urls = servers.urls()
+        connection = {
+            "nodes": {
+                n: {"api_url": urls[n], "pve_root": str(roots[n])} for n in node_names
+            },
+            "api_url": urls[node_names[0]],
+            "token_id": AGENT_TOKEN,
+            "token_secret": tokens[AGENT_TOKEN],
+            "tokens": tokens,
+            "ca_cert": str(pki.ca_cert_path),
+            "control_url": control_server.url,
+            "control_token": control_token,
+            "state_dir": str(state_dir),
+            "speed": args.speed,
+            "seed": args.seed,
+            "pid": os.getpid(),
+        }
+        _write_atomic(
+            Path(args.connection_file),
+            (json.dumps(connection, indent=2) + "\n").encode(),
+            0o600,
+        )
+        log.info("serving %d nodes; connection file %s", len(node_names), args.connection_file)
+        while not stop.wait(0.5):
+            if driver.error is not None:
+                log.error("clock stopped after an error; shutting down")
+                return 1
+        return 0
+    finally:
+        if driver is not None:
+            driver.stop()
+        if servers is not None:
+            servers.stop()
+        if control_server is not None:
+            control_server.stop()
+        metrics_out = Path(args.metrics_out) if args.metrics_out else None
+        plot = Path(args.plot) if args.plot else None
+        _write_metrics(sim, metrics_out, plot)
+        if own_state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.duration <= 0:
+        raise UsageError(f"--duration {args.duration}: must be > 0")
+    if args.step <= 0:
+        raise UsageError(f"--step {args.step}: must be > 0")
+    sim = _build_simulator(Path(args.scenario), args.seed)
+    started = time.monotonic()
+    remaining = float(args.duration)
+    while remaining > 1e-9:
+        step = min(args.step, remaining)
+        sim.advance(step)
+        remaining -= step
+    wall = time.monotonic() - started
+    _write_metrics(sim, Path(args.metrics_out), Path(args.plot) if args.plot else None)
+    print(
+        f"simulated {args.duration:g} s in {wall:.1f} s wall; metrics: {args.metrics_out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pvesim", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the cluster's API over HTTPS in real time")
+    serve.add_argument("--scenario", required=True, help="scenario YAML file")
+    serve.add_argument("--connection-file", required=True, help="where to write the JSON")
+    serve.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--state-dir", help="keep PKI and /etc/pve trees here (default: temp)")
+    serve.add_argument("--metrics-out", help="write metrics JSON here on exit")
+    serve.add_argument("--plot", help="write a PNG plot here on exit")
+    serve.set_defaults(func=cmd_serve)
+
+    run = sub.add_parser("run", help="stepped run without agents")
+    run.add_argument("--scenario", required=True)
+    run.add_argument("--duration", type=float, required=True, help="simulated seconds")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--step", type=float, default=5.0, help="simulated seconds per step")
+    run.add_argument("--metrics-out", required=True)
+    run.add_argument("--plot")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="pvesim: %(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "speed", 1.0) <= 0:
+        parser.error(f"--speed {args.speed}: must be > 0")
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"pvesim: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
