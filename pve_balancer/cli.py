@@ -1,0 +1,422 @@
+"""`pve-balancer`: the command line (the daemon, a dry plan, status, config
+check and first-time setup).
+
+Every path the agent uses derives from one root, `--pve-root` (default
+`/etc/pve`), so the same binary runs against a simulated cluster's emulated
+`/etc/pve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .agent import Agent, ConfigSource, Plan, SystemClock
+from .config import Config, load_config
+from .journal import setup_logging
+from .leadership import AlwaysLeader, Election
+from .model import Snapshot
+from .pve import ApiToken, PveClient, PveError, TokenError, connect
+from .status import StatusWriter, read_status, status_path
+
+log = logging.getLogger("pve_balancer")
+
+DEFAULT_ROOT = Path("/etc/pve")
+DEFAULT_API_URL = "https://localhost:8006"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Files under the PVE root the agent uses."""
+
+    root: Path
+    config_override: Path | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.config_override or self.root / "balancer.yaml"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "priv" / "pve-balancer.token"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "pve-root-ca.pem"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "priv" / "lock" / "pve-balancer"
+
+    @property
+    def status(self) -> Path:
+        return status_path(self.root)
+
+
+def short_hostname() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+# ------------------------------------------------------------------ parser
+
+DESCRIPTION = """\
+Keeps CPU and memory available on a Proxmox VE cluster with the fewest live
+migrations. One agent runs on every node; the one holding the pmxcfs lock
+PVE_ROOT/priv/lock/pve-balancer (PVE_ROOT: --pve-root, default
+/etc/pve) leads, the others stand by.
+
+Files (derived from --pve-root):
+  PVE_ROOT/balancer.yaml              cluster-wide configuration
+  PVE_ROOT/priv/pve-balancer.token    API token USER@REALM!TOKENID=SECRET (0600)
+  PVE_ROOT/pve-root-ca.pem            CA that signs the local API's certificate
+  PVE_ROOT/pve-balancer/status.json   leader, node view and last decisions
+"""
+
+EPILOG = """\
+examples:
+  pve-balancer check-config                 validate /etc/pve/balancer.yaml
+  pve-balancer plan                         what would the leader do now, and why
+  pve-balancer status                       who leads, node table, last decisions
+  journalctl -u pve-balancer -f             follow the agent
+  journalctl -u pve-balancer PVE_BALANCER_VMID=101
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pve-balancer", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--pve-root", metavar="DIR", type=Path, default=DEFAULT_ROOT,
+                        help="cluster file system root (default: %(default)s)")
+    parser.add_argument("--node", metavar="NAME", default=None,
+                        help="this node's name (default: short hostname)")
+    parser.add_argument("--api-url", metavar="URL", default=DEFAULT_API_URL,
+                        help="local PVE API (default: %(default)s)")
+    parser.add_argument("--config", metavar="FILE", type=Path, default=None,
+                        help="configuration file (default: PVE_ROOT/balancer.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail (-v: every cycle, -vv: every API request)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run", help="run the agent (what the systemd unit starts)",
+        description="Run the agent in the foreground: elect, sample every `interval` "
+        "seconds, migrate when needed. SIGTERM stops it cleanly (releasing "
+        "leadership), SIGHUP re-reads the configuration.")
+    run.add_argument("--single", action="store_true",
+                     help="assume this is the only agent (no pmxcfs election); for labs")
+    run.add_argument("--cycles", type=int, default=None, metavar="N",
+                     help="stop after N cycles (testing)")
+
+    plan = sub.add_parser(
+        "plan", help="show what the balancer would do now, and why (no action)",
+        description="Sample the cluster once (EMAs warmed from PVE's RRD), run the "
+        "policy and print the decision with the numbers behind it. Starts nothing; "
+        "exit status 0 whether or not a migration would happen.")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status = sub.add_parser(
+        "status", help="leader, node table with CPU EMAs and thresholds, last decisions",
+        description="Show the leader's published status (PVE_ROOT/pve-balancer/status.json) "
+        "and, if the API answers, one live sample.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--no-live", action="store_true", help="do not ask the API")
+
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file",
+        description="Print every problem with file:line. Exit 1 on a fatal problem "
+        "(the agent would keep its previous configuration), 0 otherwise (warnings "
+        "are printed).")
+    check.add_argument("file", nargs="?", type=Path, default=None,
+                       help="file to check (default: the configuration in use)")
+
+    setup = sub.add_parser(
+        "setup", help="create the API token, role, user and default configuration",
+        description="One-time cluster set-up (run on one node; safe to repeat).")
+    setup.add_argument("--if-possible", action="store_true",
+                       help="do nothing (exit 0) when this node cannot do it now")
+    setup.add_argument("--remove", action="store_true",
+                       help="remove what setup created")
+    return parser
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def open_client(args: argparse.Namespace, paths: Paths, timeout: float = 10.0) -> PveClient:
+    token = ApiToken.read(paths.token)
+    verify: str | bool = str(paths.ca)
+    client = connect(args.api_url, token, verify=verify, timeout=timeout)
+    client.node = args.node
+    return client
+
+
+def make_election(args: argparse.Namespace, paths: Paths, single: bool) -> Election:
+    if single:
+        return AlwaysLeader()
+    try:
+        module = importlib.import_module("pve_balancer.election")
+    except ImportError as exc:
+        raise SystemExit(f"pve-balancer: the pmxcfs election is not available ({exc}); "
+                         "use --single for a lone agent") from exc
+    election: Election = module.PmxcfsElection(paths.root, args.node)
+    return election
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def _gib(b: float) -> str:
+    return f"{b / (1 << 30):7.1f}G"
+
+
+def _age(now: float, then: object) -> str:
+    if not isinstance(then, int | float):
+        return "unknown"
+    seconds = max(0.0, now - float(then))
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _when(ts: object) -> str:
+    if not isinstance(ts, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
+
+
+def node_table(snapshot: Snapshot | None, emas: dict[str, float | None],
+               config: Config, out: TextIO, fallback: list[dict[str, Any]] | None = None) -> None:
+    out.write(f"{'NODE':<16}{'STATE':<13}{'CPU':>7}{'CPU EMA':>9}{'MEM':>9}{'MAXMEM':>9}"
+              f"{'MEM%':>8}\n")
+    rows: list[tuple[str, str, float | None, int, int]] = []
+    if snapshot is not None:
+        for n in snapshot.nodes:
+            state = "maintenance" if n.maintenance else ("online" if n.online else "offline")
+            rows.append((n.name, state, n.cpu, n.mem, n.maxmem))
+    else:
+        for item in fallback or []:
+            state = "maintenance" if item.get("maintenance") else (
+                "online" if item.get("online") else "offline")
+            rows.append((str(item.get("name")), state, item.get("cpu"),
+                         int(item.get("mem") or 0), int(item.get("maxmem") or 0)))
+    for name, state, cpu, mem, maxmem in rows:
+        frac = mem / maxmem if maxmem else None
+        out.write(f"{name:<16}{state:<13}{_pct(cpu):>7}{_pct(emas.get(name)):>9}"
+                  f"{_gib(mem):>9}{_gib(maxmem):>9}{_pct(frac):>8}\n")
+    out.write(f"thresholds: cpu_max {100 * config.cpu_max:.0f}% (EMA), memory_max "
+              f"{100 * config.memory_max:.0f}%, safety margin {100 * config.safety_margin:.0f}%"
+              f", proactive above {config.proactive_factor:g} x mean memory\n")
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_check_config(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+    path: Path = args.file or paths.config
+    if not path.exists():
+        out.write(f"{path}: no such file (the agent would use the defaults)\n")
+        return 0 if args.file is None else 1
+    result = load_config(path)
+    for problem in result.problems:
+        level = "error" if problem.fatal else "warning"
+        out.write(f"{problem} [{level}]\n")
+    if result.config is None:
+        out.write(f"{path}: rejected ({len(result.errors)} error(s)); a running agent keeps "
+                  "its previous configuration\n")
+        return 1
+    warn = f" with {len(result.warnings)} warning(s)" if result.warnings else ""
+    out.write(f"{path}: OK{warn}\n")
+    return 0
+
+
+def _load_for_command(paths: Paths) -> Config:
+    result = load_config(paths.config)
+    for problem in result.problems:
+        log.warning("%s", problem)
+    if result.config is None:
+        raise SystemExit(f"pve-balancer: {paths.config} has errors; run check-config")
+    return result.config
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    d = plan.decision
+    migration = asdict(d.migration) if d.migration is not None else None
+    if migration is not None:
+        migration["mode"] = d.migration.mode.value if d.migration else None
+    return {
+        "time": plan.snapshot.time,
+        "decision": {"reason": d.reason, "mode": d.mode.value if d.mode else None,
+                     "migration": migration, "thresholds": d.thresholds},
+        "nodes": [{"name": n.name, "online": n.online, "maintenance": n.maintenance,
+                   "cpu": n.cpu, "cpu_ema": plan.estimates.node_cpu.get(n.name),
+                   "maxcpu": n.maxcpu, "mem": n.mem, "maxmem": n.maxmem,
+                   "mem_fraction": n.mem_fraction} for n in plan.snapshot.nodes],
+        "cpu_ready": plan.estimates.node_cpu_ready,
+        "migrations_running": list(plan.snapshot.migrations_running),
+        "backup_running": plan.snapshot.backup_running,
+        "next_backup_in": plan.snapshot.next_backup_in,
+        "unmovable": {str(k): v for k, v in plan.unmovable.items()},
+        "config": plan.config.as_dict(),
+        "api_requests": plan.requests,
+    }
+
+
+def cmd_plan(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+    config = _load_for_command(paths)
+    client = open_client(args, paths)
+    agent = Agent(node=args.node, client=client, election=AlwaysLeader(),
+                  config=ConfigSource.fixed(config), clock=SystemClock())
+    plan = agent.plan()
+    if args.json:
+        out.write(json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n")
+        return 0
+    d = plan.decision
+    out.write(f"decision: {d.reason}\n")
+    out.write(f"mode: {d.mode.value if d.mode else 'none'}\n")
+    m = d.migration
+    if m is not None:
+        out.write(f"migration: vm {m.vmid} ({m.name}) {m.source} -> {m.target}"
+                  f"{' (HA)' if m.ha_managed else ''}\n")
+        for label, node, before, after in (("source", m.source, m.source_before, m.source_after),
+                                           ("target", m.target, m.target_before, m.target_after)):
+            out.write(f"  {label} {node}: cpu {_pct(before.cpu).strip()} -> "
+                      f"{_pct(after.cpu).strip()}, memory {_pct(before.mem_fraction).strip()} "
+                      f"-> {_pct(after.mem_fraction).strip()}\n")
+    if not plan.estimates.node_cpu_ready:
+        out.write("note: CPU EMAs are not warmed (no RRD history); CPU mode cannot fire yet\n")
+    node_table(plan.snapshot, dict(plan.estimates.node_cpu), config, out)
+    if plan.unmovable:
+        out.write("cannot migrate live: " + ", ".join(
+            f"vm {v} ({why})" for v, why in sorted(plan.unmovable.items())) + "\n")
+    out.write(f"API requests: {plan.requests}\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+    now = time.time()
+    doc = read_status(paths.status)
+    result = load_config(paths.config)
+    config = result.config or Config()
+    snapshot: Snapshot | None = None
+    live_error = ""
+    if not args.no_live:
+        try:
+            client = open_client(args, paths, timeout=5.0)
+            snapshot, _ = client.sample(now)
+        except (PveError, TokenError) as exc:
+            live_error = str(exc)
+    emas: dict[str, float | None] = {}
+    if doc is not None:
+        for item in doc.get("nodes") or []:
+            if isinstance(item, dict) and isinstance(item.get("cpu_ema"), int | float):
+                emas[str(item.get("name"))] = float(item["cpu_ema"])
+    if args.json:
+        out.write(json.dumps({"status": doc, "live": None if snapshot is None else {
+            "nodes": [asdict(n) for n in snapshot.nodes],
+            "migrations_running": list(snapshot.migrations_running)},
+            "live_error": live_error or None}, indent=2, sort_keys=True, default=str) + "\n")
+        return 0
+    if doc is None:
+        out.write(f"leader: unknown (no {paths.status}; is any agent leading?)\n")
+    else:
+        updated = doc.get("updated")
+        raw_refresh = doc.get("refresh")
+        refresh = float(raw_refresh) if isinstance(raw_refresh, int | float) else 30.0
+        stale = isinstance(updated, int | float) and now - float(updated) > 4 * refresh
+        out.write(f"leader: {doc.get('leader')} since {_when(doc.get('since'))} "
+                  f"(updated {_age(now, updated)}{'; STALE: leader may be gone' if stale else ''}"
+                  ")\n")
+        if doc.get("last_action"):
+            out.write(f"last cycle: {doc.get('last_action')}\n")
+    if snapshot is None and live_error:
+        out.write(f"live sample unavailable: {live_error}\n")
+    if snapshot is not None and snapshot.migrations_running:
+        out.write("migrations running: " + ", ".join(snapshot.migrations_running) + "\n")
+    out.write("\n")
+    node_table(snapshot, emas, config, out,
+               fallback=[n for n in (doc or {}).get("nodes") or [] if isinstance(n, dict)])
+    decisions = (doc or {}).get("decisions") or []
+    if decisions:
+        out.write("\nlast decisions:\n")
+        for item in decisions[-10:]:
+            if not isinstance(item, dict):
+                continue
+            out.write(f"  {_when(item.get('time'))}  {item.get('mode', '?'):<9} vm "
+                      f"{item.get('vmid')} {item.get('source')} -> {item.get('target')}: "
+                      f"{item.get('result')}\n")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    from .daemon import Daemon  # noqa: PLC0415 - only the daemon needs signals/notify
+
+    source = ConfigSource(paths.config)
+    source.refresh(force=True)
+    election = make_election(args, paths, args.single)
+
+    def factory() -> PveClient:
+        try:
+            return open_client(args, paths)
+        except TokenError as exc:
+            raise PveError(str(exc)) from exc
+
+    clock = SystemClock()
+    agent = Agent(node=args.node, client=factory, election=election, config=source,
+                  clock=clock, status=StatusWriter(paths.status, args.node))
+    daemon = Daemon(agent, clock)
+    daemon.install_signal_handlers()
+    log.info("pve-balancer %s starting on node %s (root %s, API %s)", __version__, args.node,
+             paths.root, args.api_url)
+    return daemon.run(max_cycles=args.cycles)
+
+
+def cmd_setup(args: argparse.Namespace, paths: Paths) -> int:
+    try:
+        provision = importlib.import_module("pve_balancer.provision")
+    except ImportError as exc:
+        sys.stderr.write(f"pve-balancer: setup is not available in this installation ({exc})\n")
+        return 2
+    status: int = provision.run_setup(paths.root, if_possible=args.if_possible,
+                                      remove=args.remove)
+    return status
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = out or sys.stdout
+    if args.node is None:
+        args.node = short_hostname()
+    paths = Paths(args.pve_root, args.config)
+    setup_logging(args.verbose)
+    try:
+        if args.command == "check-config":
+            return cmd_check_config(args, paths, out)
+        if args.command == "plan":
+            return cmd_plan(args, paths, out)
+        if args.command == "status":
+            return cmd_status(args, paths, out)
+        if args.command == "run":
+            return cmd_run(args, paths)
+        if args.command == "setup":
+            return cmd_setup(args, paths)
+    except (PveError, TokenError) as exc:
+        sys.stderr.write(f"pve-balancer: {exc}\n")
+        return 1
+    parser.error(f"unknown command {args.command}")
+    return 2  # pragma: no cover - parser.error exits

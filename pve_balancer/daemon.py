@@ -1,0 +1,141 @@
+"""The daemon loop around `Agent.run_cycle`: fixed rate, signals as flags,
+systemd notifications and journal lines.
+
+Signal handlers only set flags; the loop acts on them between cycles, so a
+migration POST is never interrupted halfway. SIGTERM/SIGINT stop the loop
+after the current cycle, release leadership (a standby takes over within its
+next retry instead of after the lock's lifetime) and exit 0. SIGHUP re-reads
+the configuration.
+
+The loop keeps a fixed rate (cycle starts are `interval` apart, not
+`interval` after the previous cycle ended) and warns when a cycle overruns;
+missed slots are skipped rather than run back to back.
+
+Journal volume: a quiet cluster would otherwise write a near-identical line
+every 5 s. A sentence is logged at INFO when its wording (ignoring numbers)
+changes, and repeated at most every `HEARTBEAT` seconds; the rest go to
+DEBUG (`-v`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from .agent import Agent, Clock
+from .journal import log_sentence
+from .notify import Notifier
+
+log = logging.getLogger("pve_balancer")
+
+HEARTBEAT = 300.0
+SLEEP_SLICE = 0.5
+"""Longest single sleep, so a stop flag set by a signal is seen promptly."""
+
+
+def sentence_kind(sentence: str) -> str:
+    """The wording of a sentence without its numbers (for de-duplication)."""
+    return re.sub(r"[-+]?\d[\d.:]*", "#", sentence)
+
+
+class Daemon:
+    def __init__(self, agent: Agent, clock: Clock, notifier: Notifier | None = None,
+                 default_interval: float = 5.0) -> None:
+        self.agent = agent
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.default_interval = default_interval
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.cycles = 0
+        self.overruns = 0
+        self._last_kind = ""
+        self._last_logged = float("-inf")
+
+    # -- signals
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        self.stop_requested.set()
+
+    def request_reload(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        self.reload_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    # -- loop
+
+    def interval(self) -> float:
+        config = self.agent.config_source.config
+        return config.interval if config is not None else self.default_interval
+
+    def _log(self, sentence: str, now: float) -> None:
+        kind = sentence_kind(sentence)
+        level = self.agent.last_level
+        if level == logging.INFO and kind == self._last_kind and \
+                now - self._last_logged < HEARTBEAT:
+            level = logging.DEBUG
+        else:
+            self._last_kind = kind
+            self._last_logged = now
+        log_sentence(log, sentence, self.agent.last_fields, level)
+
+    def run_once(self) -> str:
+        """One cycle with its logging and notifications."""
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            log.info("SIGHUP: re-reading the configuration")
+            self.agent.reload()
+        sentence = self.agent.run_cycle()
+        self.cycles += 1
+        self._log(sentence, self.clock.now())
+        role = self.agent.role()
+        self.notifier.status(f"{role}: {sentence}")
+        self.notifier.watchdog()
+        if self.cycles == 1:
+            self.notifier.ready()
+        return sentence
+
+    def _sleep_until(self, deadline: float) -> None:
+        while not self.stop_requested.is_set():
+            remaining = deadline - self.clock.now()
+            if remaining <= 0:
+                return
+            self.clock.sleep(min(remaining, SLEEP_SLICE))
+
+    def run(self, max_cycles: int | None = None,
+            on_cycle: Callable[[str], None] | None = None) -> int:
+        """Loop until asked to stop; returns the exit status (0)."""
+        next_start = self.clock.now()
+        while not self.stop_requested.is_set():
+            sentence = self.run_once()
+            if on_cycle is not None:
+                on_cycle(sentence)
+            if max_cycles is not None and self.cycles >= max_cycles:
+                break
+            interval = self.interval()
+            next_start += interval
+            now = self.clock.now()
+            if now > next_start:
+                late = now - next_start + interval
+                self.overruns += 1
+                log.warning("cycle took %.1f s, longer than the %.0f s interval; skipping "
+                            "the missed slot", late, interval)
+                next_start = now
+            self._sleep_until(next_start)
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        try:
+            self.agent.election.release()
+        except Exception as exc:  # never block an orderly stop
+            log.warning("releasing leadership failed: %s", exc)
+        log.info("stopped after %d cycles", self.cycles)
