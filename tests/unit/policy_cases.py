@@ -1,0 +1,476 @@
+"""The policy rule table: for every rule of the balancing policy, one cluster
+where the rule blocks a migration and one where it lets it through.
+
+Clusters are built from small helpers so each case differs from its baseline
+in exactly the detail the rule is about. Node CPU figures double as the EMA
+(`estimates_from_raw`), node memory is given in GiB of 64 GiB hosts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from pve_balancer.config import Config
+from pve_balancer.model import AffinityRule, Estimates, Guest, Mode, Node, Snapshot
+from pve_balancer.policy import PolicyState
+
+GIB = 1 << 30
+NOW = 1000.0
+
+
+def node(
+    name: str,
+    cpu: float = 0.3,
+    mem_gib: float = 20.0,
+    *,
+    cores: int = 16,
+    ram_gib: float = 64.0,
+    online: bool = True,
+    maintenance: bool = False,
+) -> Node:
+    return Node(
+        name=name,
+        online=online,
+        cpu=cpu,
+        maxcpu=cores,
+        mem=int(mem_gib * GIB),
+        maxmem=int(ram_gib * GIB),
+        maintenance=maintenance,
+    )
+
+
+def vm(
+    vmid: int,
+    on: str,
+    cpu: float = 0.5,
+    *,
+    vcpus: float = 8,
+    mem_gib: float = 2.0,
+    kind: str = "qemu",
+    status: str = "running",
+    template: bool = False,
+    lock: str | None = None,
+    tags: frozenset[str] = frozenset(),
+    ha_managed: bool = False,
+) -> Guest:
+    return Guest(
+        vmid=vmid,
+        name=f"vm{vmid}",
+        node=on,
+        kind=kind,
+        status=status,
+        cpu=cpu,
+        maxcpu=vcpus,
+        mem=int(mem_gib * GIB),
+        maxmem=int(max(mem_gib, 1.0) * GIB),
+        template=template,
+        lock=lock,
+        tags=tags,
+        ha_managed=ha_managed,
+    )
+
+
+def estimates_from_raw(snapshot: Snapshot, ready: bool = True) -> Estimates:
+    """Treat the raw figures as already-smoothed EMAs."""
+    return Estimates(
+        node_cpu={n.name: n.cpu for n in snapshot.nodes if n.online},
+        guest_cpu={g.vmid: g.cpu for g in snapshot.guests if g.status == "running"},
+        node_cpu_ready=ready,
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cluster and the decision expected for it. `expect` is
+    `(vmid, target)` or None for no migration; `reason` must appear in the
+    decision's reason."""
+
+    snapshot: Snapshot
+    expect: tuple[int, str] | None
+    reason: str = ""
+    mode: Mode | None = None
+    config: Config = field(default_factory=Config)
+    state: PolicyState = field(default_factory=PolicyState)
+    ready: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    blocked: Case
+    allowed: Case
+
+
+def cluster(nodes: tuple[Node, ...], guests: tuple[Guest, ...], **extra: object) -> Snapshot:
+    return Snapshot(time=NOW, nodes=nodes, guests=guests, **extra)  # type: ignore[arg-type]
+
+
+# --- baselines ---------------------------------------------------------------
+
+# CPU: pve1 is hot. 101 is the busiest (host share 0.45), 102 next (0.25),
+# 103 small (0.05). Expected: 102 to pve2 (least loaded; 0.55 <= midpoint 0.60).
+CPU_NODES = (node("pve1", 0.90), node("pve2", 0.30), node("pve3", 0.35))
+CPU_GUESTS = (
+    vm(101, "pve1", 0.9, vcpus=8),
+    vm(102, "pve1", 0.5, vcpus=8),
+    vm(103, "pve1", 0.2, vcpus=4),
+)
+CPU = cluster(CPU_NODES, CPU_GUESTS)
+
+
+def cpu_with(*guests: Guest, nodes: tuple[Node, ...] = CPU_NODES, **extra: object) -> Snapshot:
+    """The CPU baseline with guests replaced by vmid (or added)."""
+    by_id = {g.vmid: g for g in CPU_GUESTS}
+    by_id.update({g.vmid: g for g in guests})
+    return cluster(nodes, tuple(by_id.values()), **extra)
+
+
+def cpu_nodes(**changes: Node) -> tuple[Node, ...]:
+    return tuple(changes.get(n.name, n) for n in CPU_NODES)
+
+
+# Memory: pve1 above memory_max (56/64 = 0.875), one movable guest 201 (8 GiB).
+# Expected: 201 to pve2 (20 GiB -> 28 GiB <= midpoint 38 GiB).
+MEM_NODES = (node("pve1", 0.3, 56), node("pve2", 0.3, 20), node("pve3", 0.3, 30))
+MEM_GUESTS = (vm(201, "pve1", 0.1, vcpus=2, mem_gib=8),)
+MEM = cluster(MEM_NODES, MEM_GUESTS)
+
+# Proactive: all below the maxima; pve1 (0.70) above 1.2 x mean (0.45) = 0.54.
+PRO_NODES = (node("pve1", 0.3, 44.8), node("pve2", 0.3, 19.2), node("pve3", 0.3, 22.4))
+PRO = cluster(PRO_NODES, MEM_GUESTS)
+
+CPU_OK = Case(CPU, (102, "pve2"), "pve1 above cpu_max (0.90 > 0.80)", Mode.CPU)
+MEM_OK = Case(MEM, (201, "pve2"), "pve1 above memory_max (0.88 > 0.80)", Mode.MEMORY)
+PRO_OK = Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE)
+
+UPID = "UPID:pve3:0000A1B2:00C0FFEE:6745F00D:qmigrate:301:root@pam:"
+
+RULES: tuple[Rule, ...] = (
+    # --- guards ---
+    Rule(
+        "guard_migration_running_anywhere_pauses_decisions",
+        Case(cpu_with(migrations_running=(UPID,)), None, "waiting: migration in progress"),
+        CPU_OK,
+    ),
+    Rule(
+        "guard_guest_locked_migrate_pauses_decisions",
+        Case(cpu_with(vm(301, "pve3", lock="migrate")), None, "vm 301 locked migrate"),
+        Case(cpu_with(vm(301, "pve3", lock="backup")), (102, "pve2")),
+    ),
+    Rule(
+        "guard_backup_running_pauses_decisions",
+        Case(cpu_with(backup_running=True), None, "waiting: backup running"),
+        Case(cpu_with(backup_running=False), (102, "pve2")),
+    ),
+    Rule(
+        "guard_backup_starting_within_backup_guard_pauses_decisions",
+        Case(cpu_with(next_backup_in=60.0), None, "backup starts in 60 s (backup_guard 120 s)"),
+        Case(cpu_with(next_backup_in=300.0), (102, "pve2")),
+    ),
+    # --- the three checks ---
+    Rule(
+        "cpu_check_fires_only_above_cpu_max",
+        Case(cpu_with(nodes=cpu_nodes(pve1=node("pve1", 0.80))), None, "balanced"),
+        CPU_OK,
+    ),
+    Rule(
+        "cpu_check_needs_ready_estimates",
+        Case(CPU, None, "waiting: cpu estimates warming up", ready=False),
+        CPU_OK,
+    ),
+    Rule(
+        "cpu_check_ignores_offline_nodes",
+        Case(cpu_with(nodes=cpu_nodes(pve1=node("pve1", 0.90, online=False))), None, "balanced"),
+        CPU_OK,
+    ),
+    Rule(
+        "memory_check_fires_only_above_memory_max",
+        # exactly at memory_max is not above it: proactive (the next check) acts instead
+        Case(
+            cluster((node("pve1", 0.3, 51.2), *MEM_NODES[1:]), MEM_GUESTS),
+            (201, "pve2"),
+            "pve1 above memory_threshold",
+            Mode.PROACTIVE,
+        ),
+        MEM_OK,
+    ),
+    Rule(
+        "memory_check_ignores_offline_nodes",
+        Case(
+            cluster((node("pve1", 0.3, 56, online=False), *MEM_NODES[1:]), MEM_GUESTS),
+            None,
+            "balanced",
+        ),
+        MEM_OK,
+    ),
+    Rule(
+        "cpu_check_comes_before_memory_check",
+        # pve3 is hot in CPU with nothing movable: CPU mode decides (no action)
+        Case(
+            cluster((*MEM_NODES[:2], node("pve3", 0.95, 30)), MEM_GUESTS),
+            None,
+            "pve3 above cpu_max (0.95 > 0.80) but no favourable migration: no movable vm on pve3",
+            Mode.CPU,
+        ),
+        MEM_OK,
+    ),
+    Rule(
+        "proactive_fires_only_above_factor_times_mean",
+        Case(
+            cluster((node("pve1", 0.3, 28.8), node("pve2", 0.3, 25.6), node("pve3", 0.3, 25.6)),
+                    MEM_GUESTS),
+            None,
+            "balanced",
+        ),
+        PRO_OK,
+    ),
+    Rule(
+        "proactive_only_when_no_node_above_a_maximum",
+        Case(
+            cluster((*PRO_NODES[:2], node("pve3", 0.85, 22.4)), MEM_GUESTS),
+            None,
+            "pve3 above cpu_max",
+            Mode.CPU,
+        ),
+        PRO_OK,
+    ),
+    Rule(
+        "proactive_mean_leaves_out_nodes_in_maintenance",
+        # counted, the drained pve3 would pull the mean down and pve1 would fire
+        Case(
+            cluster((node("pve1", 0.3, 28.8), node("pve2", 0.3, 25.6),
+                     node("pve3", 0.3, 2, maintenance=True)), MEM_GUESTS),
+            None,
+            "balanced",
+        ),
+        Case(
+            cluster((node("pve1", 0.3, 28.8), node("pve2", 0.3, 25.6), node("pve3", 0.3, 2)),
+                    MEM_GUESTS),
+            (201, "pve3"),
+            "pve1 above memory_threshold",
+            Mode.PROACTIVE,
+        ),
+    ),
+    # --- sources ---
+    Rule(
+        "sources_tried_from_most_utilised_down",
+        # blocked: pve2 (second hottest) is not used while pve1 yields a move
+        Case(
+            cluster((node("pve1", 0.95), node("pve2", 0.90), node("pve3", 0.2), node("pve4", 0.2)),
+                    (vm(101, "pve1", 0.9), vm(102, "pve1", 0.5),
+                     vm(111, "pve2", 0.9), vm(112, "pve2", 0.5))),
+            (102, "pve3"),
+        ),
+        # allowed: pve1 offers nothing movable, so pve2 is used
+        Case(
+            cluster((node("pve1", 0.95), node("pve2", 0.90), node("pve3", 0.2), node("pve4", 0.2)),
+                    (vm(101, "pve1", 0.9), vm(102, "pve1", 0.5, lock="backup"),
+                     vm(111, "pve2", 0.9), vm(112, "pve2", 0.5))),
+            (112, "pve3"),
+            "pve2 at 0.90 also above",
+        ),
+    ),
+    # --- candidates ---
+    Rule(
+        "only_qemu_guests_move",
+        Case(cpu_with(vm(102, "pve1", 0.5, kind="lxc")), (103, "pve2")),
+        CPU_OK,
+    ),
+    Rule("templates_never_move", Case(cpu_with(vm(102, "pve1", template=True)), (103, "pve2")),
+         CPU_OK),
+    Rule("stopped_guests_never_move",
+         Case(cpu_with(vm(102, "pve1", status="stopped")), (103, "pve2")), CPU_OK),
+    Rule(
+        "locked_guests_never_move",
+        Case(cpu_with(vm(102, "pve1", lock="backup")), (103, "pve2")),
+        CPU_OK,
+    ),
+    Rule(
+        "guests_needing_local_resources_never_move",
+        Case(CPU, (103, "pve2"), state=PolicyState(unmovable=frozenset({102}))),
+        Case(CPU, (102, "pve2"), state=PolicyState(unmovable=frozenset({999}))),
+    ),
+    Rule(
+        "exclude_tag_opts_a_guest_out",
+        Case(cpu_with(vm(102, "pve1", tags=frozenset({"Pve-Balancer-Exclude"}))), (103, "pve2")),
+        Case(cpu_with(vm(102, "pve1", tags=frozenset({"prod"}))), (102, "pve2")),
+    ),
+    Rule(
+        "exclude_tag_is_configurable",
+        Case(cpu_with(vm(102, "pve1", tags=frozenset({"pinned"}))), (103, "pve2"),
+             config=Config(exclude_tag="pinned")),
+        Case(cpu_with(vm(102, "pve1", tags=frozenset({"pve-balancer-exclude"}))),
+             (102, "pve2"), config=Config(exclude_tag="pinned")),
+    ),
+    Rule(
+        "cooldown_keeps_recently_moved_guests",
+        Case(CPU, (103, "pve2"), state=PolicyState(cooldown_until={102: NOW + 1})),
+        Case(CPU, (102, "pve2"), state=PolicyState(cooldown_until={102: NOW})),
+    ),
+    Rule(
+        "node_affinity_rule_pins_guest",
+        Case(cpu_with(rules=(AffinityRule("keep", "node-affinity", frozenset({102}),
+                                          frozenset({"pve1"})),)), (103, "pve2")),
+        Case(cpu_with(rules=(AffinityRule("keep", "node-affinity", frozenset({102}),
+                                          frozenset({"pve1"}), enabled=False),)), (102, "pve2")),
+    ),
+    Rule(
+        "positive_resource_affinity_pins_guests",
+        Case(
+            cpu_with(rules=(AffinityRule("pair", "resource-affinity", frozenset({102, 103})),)),
+            None,
+            "no movable vm on pve1 (busiest vm 101 kept, 2 bound by affinity rule)",
+            Mode.CPU,
+        ),
+        Case(
+            cpu_with(rules=(AffinityRule("apart", "resource-affinity", frozenset({102, 999}),
+                                         affinity="negative"),)),
+            (102, "pve2"),
+        ),
+    ),
+    Rule(
+        "ha_guests_left_to_pve_auto_rebalance",
+        Case(cpu_with(vm(102, "pve1", ha_managed=True), ha_auto_rebalance=True), (103, "pve2")),
+        Case(cpu_with(vm(102, "pve1", ha_managed=True), ha_auto_rebalance=False), (102, "pve2")),
+    ),
+    Rule(
+        "cpu_mode_never_moves_busiest_vm",
+        Case(cluster(CPU_NODES, CPU_GUESTS[:1]), None, "busiest vm 101 kept", Mode.CPU),
+        CPU_OK,
+    ),
+    Rule(
+        "cpu_mode_tries_largest_share_first",
+        # 102 (0.25) does not fit on either target; the smaller 103 (0.05) does
+        Case(cpu_with(nodes=(node("pve1", 0.90), node("pve2", 0.6), node("pve3", 0.6))),
+             (103, "pve2")),
+        CPU_OK,
+    ),
+    Rule(
+        "move_must_bring_tangible_benefit",
+        Case(
+            cluster(CPU_NODES, (vm(101, "pve1", 0.9), vm(102, "pve1", 0.0))),
+            None,
+            "vm 102 brings no tangible benefit (cpu share 0.00 < 0.01)",
+            Mode.CPU,
+        ),
+        Case(cluster(CPU_NODES, (vm(101, "pve1", 0.9), vm(102, "pve1", 0.5))), (102, "pve2")),
+    ),
+    # --- targets ---
+    Rule(
+        "target_must_be_online",
+        Case(cpu_with(nodes=cpu_nodes(pve2=node("pve2", 0.30, online=False))), (102, "pve3")),
+        CPU_OK,
+    ),
+    Rule(
+        "target_must_not_be_in_maintenance",
+        Case(cpu_with(nodes=cpu_nodes(pve2=node("pve2", 0.30, maintenance=True))), (102, "pve3")),
+        CPU_OK,
+    ),
+    Rule(
+        "target_must_not_be_in_exclude_nodes",
+        Case(CPU, (102, "pve3"), config=Config(exclude_nodes=frozenset({"pve2"}))),
+        Case(CPU, (102, "pve2"), config=Config(exclude_nodes=frozenset({"pve9"}))),
+    ),
+    Rule(
+        "no_eligible_target_node",
+        Case(
+            cpu_with(nodes=(node("pve1", 0.9), node("pve2", 0.3, online=False),
+                            node("pve3", 0.3, maintenance=True))),
+            None,
+            "no eligible target node: pve2 offline, pve3 in maintenance",
+            Mode.CPU,
+        ),
+        CPU_OK,
+    ),
+    Rule(
+        "negative_resource_affinity_removes_targets",
+        Case(
+            cpu_with(vm(301, "pve2", 0.1),
+                     rules=(AffinityRule("apart", "resource-affinity", frozenset({102, 301}),
+                                         affinity="negative"),)),
+            (102, "pve3"),
+        ),
+        Case(
+            cpu_with(vm(301, "pve2", 0.1),
+                     rules=(AffinityRule("apart", "resource-affinity", frozenset({102, 301}),
+                                         affinity="negative", enabled=False),)),
+            (102, "pve2"),
+        ),
+    ),
+    Rule(
+        "target_memory_stays_below_memory_max_minus_margin",
+        Case(cpu_with(nodes=cpu_nodes(pve2=node("pve2", 0.30, 47))), (102, "pve3")),
+        Case(cpu_with(nodes=cpu_nodes(pve2=node("pve2", 0.30, 45))), (102, "pve2")),
+    ),
+    Rule(
+        "target_cpu_stays_below_cpu_max_minus_margin",
+        Case(cluster((*MEM_NODES[:1], node("pve2", 0.74, 20), node("pve3", 0.3, 30)), MEM_GUESTS),
+             (201, "pve3")),
+        Case(cluster((*MEM_NODES[:1], node("pve2", 0.70, 20), node("pve3", 0.3, 30)), MEM_GUESTS),
+             (201, "pve2")),
+    ),
+    Rule(
+        "safety_margin_is_configurable",
+        Case(cpu_with(nodes=cpu_nodes(pve2=node("pve2", 0.30, 45))), (102, "pve3"),
+             config=Config(safety_margin=0.1)),
+        Case(cpu_with(nodes=cpu_nodes(pve2=node("pve2", 0.30, 45))), (102, "pve2"),
+             config=Config(safety_margin=0.0)),
+    ),
+    Rule(
+        "guest_cpu_on_target_scales_with_target_cores",
+        # 102 is 0.25 of a 16-core host but 0.125 of a 32-core one
+        Case(cpu_with(nodes=(node("pve1", 0.9), node("pve2", 0.55), node("pve3", 0.6))),
+             (103, "pve2")),
+        Case(cpu_with(nodes=(node("pve1", 0.9), node("pve2", 0.55, cores=32), node("pve3", 0.6))),
+             (102, "pve2")),
+    ),
+    Rule(
+        "cpu_move_must_not_flip_past_midpoint",
+        Case(
+            cluster((node("pve1", 0.9), node("pve2", 0.52)),
+                    (vm(101, "pve1", 0.9), vm(102, "pve1", 0.4))),
+            None,
+            "vm 102 would flip the imbalance on pve2 (0.72 > midpoint 0.71)",
+            Mode.CPU,
+        ),
+        Case(
+            cluster((node("pve1", 0.9), node("pve2", 0.48)),
+                    (vm(101, "pve1", 0.9), vm(102, "pve1", 0.4))),
+            (102, "pve2"),
+        ),
+    ),
+    Rule(
+        "memory_move_must_not_flip_past_midpoint_in_bytes",
+        Case(
+            cluster((node("pve1", 0.3, 56), node("pve2", 0.3, 30)),
+                    (vm(201, "pve1", 0.1, mem_gib=14),)),
+            None,
+            "vm 201 would flip the imbalance on pve2 (44.0 GiB > midpoint 43.0 GiB)",
+            Mode.MEMORY,
+        ),
+        Case(
+            cluster((node("pve1", 0.3, 56), node("pve2", 0.3, 30)),
+                    (vm(201, "pve1", 0.1, mem_gib=12),)),
+            (201, "pve2"),
+        ),
+    ),
+    Rule(
+        "least_utilised_target_wins",
+        # blocked: pve2 is not chosen once pve3 is less utilised
+        Case(cpu_with(nodes=cpu_nodes(pve3=node("pve3", 0.25))), (102, "pve3")),
+        CPU_OK,
+    ),
+    Rule(
+        "memory_mode_least_utilised_target_by_memory",
+        Case(cluster((MEM_NODES[0], node("pve2", 0.3, 30), node("pve3", 0.3, 20)), MEM_GUESTS),
+             (201, "pve3")),
+        MEM_OK,
+    ),
+)
+
+
+def ties_case() -> Case:
+    """Equal targets: the first by node name wins, whatever the listing order."""
+    nodes = (node("pve1", 0.9), node("pve3", 0.3), node("pve2", 0.3))
+    return replace(CPU_OK, snapshot=cluster(nodes, CPU_GUESTS), reason="")

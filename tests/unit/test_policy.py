@@ -1,0 +1,197 @@
+"""The policy rule by rule: every rule once blocking and once allowing a move
+(the table is in policy_cases.py), plus the decisions the table cannot show."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pve_balancer.config import Config
+from pve_balancer.model import Decision, Estimates, Mode, Snapshot
+from pve_balancer.policy import MIN_BENEFIT, PolicyState, decide
+
+from .policy_cases import (
+    CPU,
+    MEM_NODES,
+    NOW,
+    RULES,
+    Case,
+    cluster,
+    estimates_from_raw,
+    node,
+    ties_case,
+    vm,
+)
+
+
+def run(case: Case) -> Decision:
+    estimates = estimates_from_raw(case.snapshot, ready=case.ready)
+    return decide(case.snapshot, estimates, case.config, case.state, random.Random(case.seed))
+
+
+def check(case: Case) -> None:
+    decision = run(case)
+    got = None if decision.migration is None else (decision.migration.vmid,
+                                                   decision.migration.target)
+    assert got == case.expect, decision.reason
+    assert case.reason in decision.reason
+    if case.mode is not None:
+        assert decision.mode is case.mode, decision.reason
+    if decision.migration is not None:
+        assert decision.mode is decision.migration.mode
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r.name for r in RULES])
+def test_rule_blocks(rule: object) -> None:
+    from .policy_cases import Rule
+
+    assert isinstance(rule, Rule)
+    check(rule.blocked)
+    assert run(rule.blocked) != run(rule.allowed), "the rule changed nothing"
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r.name for r in RULES])
+def test_rule_allows(rule: object) -> None:
+    from .policy_cases import Rule
+
+    assert isinstance(rule, Rule)
+    check(rule.allowed)
+    assert rule.allowed.expect is not None, "the allowing case must migrate"
+
+
+def test_rule_names_are_unique() -> None:
+    names = [r.name for r in RULES]
+    assert len(names) == len(set(names))
+
+
+def test_cpu_mode_never_moves_busiest_vm() -> None:
+    decision = run(Case(CPU, (102, "pve2")))
+    assert decision.migration is not None
+    assert decision.migration.vmid != 101
+
+
+def test_target_ties_break_by_node_name() -> None:
+    check(ties_case())
+
+
+def test_migration_carries_before_and_after_usage() -> None:
+    decision = run(Case(CPU, (102, "pve2")))
+    m = decision.migration
+    assert m is not None
+    assert (m.source, m.target, m.mode) == ("pve1", "pve2", Mode.CPU)
+    assert m.source_before.cpu == pytest.approx(0.90)
+    assert m.source_after.cpu == pytest.approx(0.65)  # 0.5 x 8 vCPU / 16 cores moved
+    assert m.target_before.cpu == pytest.approx(0.30)
+    assert m.target_after.cpu == pytest.approx(0.55)
+    assert m.source_before.mem - m.source_after.mem == 2 << 30
+    assert m.target_after.mem - m.target_before.mem == 2 << 30
+    assert m.target_after.mem_fraction == pytest.approx(22 / 64)
+    assert "migrate vm 102 (vm102) from pve1 to pve2: cpu 0.90->0.65 on pve1" in decision.reason
+
+
+def test_decision_carries_thresholds() -> None:
+    decision = run(Case(CPU, None))
+    t = decision.thresholds
+    assert t["cpu_max"] == 0.8 and t["memory_max"] == 0.8
+    assert t["cpu_target_max"] == pytest.approx(0.75)
+    assert t["memory_target_max"] == pytest.approx(0.75)
+    assert t["memory_mean"] == pytest.approx(20 / 64)
+    assert t["memory_threshold"] == pytest.approx(1.2 * 20 / 64)
+    assert t["min_benefit"] == MIN_BENEFIT
+
+
+def test_proactive_threshold_is_factor_times_mean() -> None:
+    nodes = (node("pve1", 0.3, 32), node("pve2", 0.3, 16), node("pve3", 0.3, 16))
+    snap = cluster(nodes, (vm(201, "pve1", 0.1, mem_gib=4),))
+    # mean 1/3: 1.2 x mean = 0.40 < 0.5 fires; 1.6 x mean = 0.533 > 0.5 does not
+    assert run(Case(snap, None)).mode is Mode.PROACTIVE
+    quiet = run(Case(snap, None, config=Config(proactive_factor=1.6)))
+    assert quiet.mode is None and quiet.reason.startswith("balanced")
+    assert quiet.thresholds["memory_threshold"] == pytest.approx(1.6 / 3)
+
+
+def test_memory_mode_random_order_is_reproducible_per_seed() -> None:
+    guests = tuple(vm(200 + i, "pve1", 0.1, vcpus=2, mem_gib=2) for i in range(8))
+    snap = cluster((node("pve1", 0.3, 56), node("pve2", 0.3, 20)), guests)
+    picks = {}
+    for seed in range(20):
+        first = run(Case(snap, None, seed=seed)).migration
+        again = run(Case(snap, None, seed=seed)).migration
+        assert first is not None and again is not None
+        assert first.vmid == again.vmid
+        picks[seed] = first.vmid
+    assert len(set(picks.values())) > 1, "the order never varied: not random"
+
+
+def test_memory_mode_order_does_not_depend_on_listing_order() -> None:
+    guests = tuple(vm(200 + i, "pve1", 0.1, vcpus=2, mem_gib=2) for i in range(8))
+    nodes = (node("pve1", 0.3, 56), node("pve2", 0.3, 20))
+    a = run(Case(cluster(nodes, guests), None, seed=7)).migration
+    b = run(Case(cluster(nodes, tuple(reversed(guests))), None, seed=7)).migration
+    assert a is not None and b is not None and a.vmid == b.vmid
+
+
+def test_no_favourable_outcome_names_the_blocking_rule() -> None:
+    snap = cluster((node("pve1", 0.91), node("pve2", 0.53)),
+                   (vm(101, "pve1", 0.9), vm(104, "pve1", 0.4)))
+    decision = run(Case(snap, None))
+    assert decision.migration is None and decision.mode is Mode.CPU
+    assert decision.reason == (
+        "pve1 above cpu_max (0.91 > 0.80) but no favourable migration: "
+        "vm 104 would flip the imbalance on pve2 (0.73 > midpoint 0.72)"
+    )
+
+
+def test_no_favourable_outcome_reports_headroom() -> None:
+    snap = cluster((node("pve1", 0.95), node("pve2", 0.70)),
+                   (vm(101, "pve1", 0.9), vm(104, "pve1", 0.4)))
+    reason = run(Case(snap, None)).reason
+    assert reason.endswith("vm 104 would put pve2 cpu at 0.90 > 0.75 (cpu_max - safety_margin)")
+
+
+def test_balanced_cluster_does_nothing() -> None:
+    snap = cluster(MEM_NODES[1:], (vm(1, "pve2"), vm(2, "pve3")))
+    decision = run(Case(snap, None))
+    assert decision.migration is None and decision.mode is None
+    assert decision.reason.startswith("balanced: no node above cpu_max 0.80")
+
+
+def test_empty_cluster_and_all_offline() -> None:
+    empty = Snapshot(time=NOW, nodes=(), guests=())
+    assert decide(empty, Estimates(), Config(), PolicyState(), random.Random(0)).reason == (
+        "waiting: no online node"
+    )
+    offline = cluster((node("pve1", 0.9, online=False),), (vm(1, "pve1"),))
+    assert run(Case(offline, None)).reason == "waiting: no online node"
+
+
+def test_zero_capacity_nodes_neither_fire_nor_receive() -> None:
+    nodes = (node("pve1", 0.3, 56), node("pve2", 0.3, 0, ram_gib=0, cores=0))
+    decision = run(Case(cluster(nodes, (vm(201, "pve1", mem_gib=8),)), None))
+    assert decision.migration is None
+    assert "no eligible target node: pve2 reports no capacity" in decision.reason
+
+
+def test_missing_estimates_fall_back_to_raw_samples() -> None:
+    decision = decide(CPU, Estimates(), Config(), PolicyState(), random.Random(0))
+    assert decision.migration is not None and decision.migration.vmid == 102
+
+
+def test_guest_ema_not_raw_sample_decides_the_share() -> None:
+    # raw says 102 is idle, its EMA says busy: the EMA is what counts
+    est = estimates_from_raw(CPU)
+    est.guest_cpu[102] = 0.5
+    snap = cluster(CPU.nodes, (vm(101, "pve1", 0.9), vm(102, "pve1", 0.0)))
+    decision = decide(snap, est, Config(), PolicyState(), random.Random(0))
+    assert decision.migration is not None and decision.migration.vmid == 102
+
+
+def test_nan_figures_do_not_pass_checks() -> None:
+    nan = float("nan")
+    snap = cluster((node("pve1", nan, 56), node("pve2", 0.3, 20)),
+                   (vm(201, "pve1", nan, mem_gib=8),))
+    est = Estimates(node_cpu={"pve1": nan, "pve2": 0.3}, guest_cpu={201: nan})
+    decision = decide(snap, est, Config(), PolicyState(), random.Random(0))
+    assert decision.migration is not None and decision.mode is Mode.MEMORY
+    assert decision.migration.target_after.cpu == 0.3
