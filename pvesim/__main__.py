@@ -51,7 +51,10 @@ def _build_simulator(scenario_path: Path, seed: int) -> Any:
 
     if not scenario_path.is_file():
         raise UsageError(f"scenario file {scenario_path}: not found")
-    scenario = load_scenario(scenario_path)
+    try:
+        scenario = load_scenario(scenario_path)
+    except ValueError as exc:  # ScenarioError names file and key
+        raise UsageError(str(exc)) from exc
     return Simulator(scenario, seed=seed)
 
 
