@@ -1,0 +1,98 @@
+"""`python -m pvesim.pmxcfs`: run the pmxcfs emulator until SIGTERM/SIGINT
+or a "stop" on the control channel.
+
+    python -m pvesim.pmxcfs --mount-base /tmp/pve --nodes pve1,pve2,pve3 \\
+        --lifetime 120 --control /tmp/pve/control.sock
+
+Once every mount is up it prints one JSON line on stdout:
+{"ready": true, "pid": N, "control": "<socket path or port>", "mounts": {node: path}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pvesim.pmxcfs.server import PmxcfsServer
+from pvesim.pmxcfs.tree import DEFAULT_LIFETIME, ClusterTree, EmulatorClock
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m pvesim.pmxcfs",
+                                 description="pmxcfs emulator: one FUSE mount per node")
+    ap.add_argument("--mount-base", required=True, type=Path,
+                    help="directory that gets one mount point per node (BASE/<node>)")
+    ap.add_argument("--nodes", required=True,
+                    help="comma-separated node names in node-id order (first = id 1)")
+    ap.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME,
+                    help="lock lifetime in whole seconds (default 120, as pmxcfs)")
+    ap.add_argument("--control", default=None,
+                    help="control channel: a Unix socket path, or a TCP port on 127.0.0.1 "
+                         "(0 = pick one)")
+    ap.add_argument("--cluster-name", default="pvesim")
+    ap.add_argument("--manual-clock", action="store_true",
+                    help="the clock stands still until the control op 'advance' moves it")
+    ap.add_argument("--allow-other", action="store_true",
+                    help="let users other than root use the mounts (FUSE allow_other)")
+    ap.add_argument("--exit-with-parent", action="store_true",
+                    help="stop when the starting process goes away")
+    ap.add_argument("--verbose", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="pmxcfs-emu: %(levelname)s %(message)s", stream=sys.stderr)
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
+    try:
+        tree = ClusterTree(nodes, lifetime=args.lifetime,
+                           clock=EmulatorClock(manual=args.manual_clock),
+                           cluster_name=args.cluster_name)
+    except ValueError as exc:
+        print(f"pmxcfs-emu: {exc}", file=sys.stderr)
+        return 2
+    if not os.path.exists("/dev/fuse"):
+        print("pmxcfs-emu: /dev/fuse is missing: FUSE is not available here", file=sys.stderr)
+        return 2
+    server = PmxcfsServer(tree, args.mount_base.resolve(), args.control,
+                          allow_other=args.allow_other)
+
+    # Our handlers first: libfuse only installs its own where the handler
+    # is still SIG_DFL, so shutdown stays with this thread.
+    def request_stop(signum: int, frame: object) -> None:
+        server.stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, request_stop)
+
+    parent = os.getppid()
+    try:
+        server.mount_all()
+        server.start_control()
+        print(json.dumps({"ready": True, "pid": os.getpid(), "control": server.control_address,
+                          "mounts": {n: str(p) for n, p in server.mounts.items()}}),
+              flush=True)
+        while not server.stop_requested.wait(0.2):
+            if args.exit_with_parent and os.getppid() != parent:
+                logging.info("parent went away; stopping")
+                break
+            dead = [n for n, t in server.threads.items() if not t.is_alive()]
+            if dead:
+                logging.error("mount(s) of %s ended unexpectedly; stopping", ", ".join(dead))
+                break
+    except RuntimeError as exc:
+        logging.error("%s", exc)
+        server.stop()
+        return 1
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
