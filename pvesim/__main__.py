@@ -47,12 +47,21 @@ class UsageError(Exception):
 
 def _build_simulator(scenario_path: Path, seed: int) -> Any:
     from pvesim.cluster import Simulator  # noqa: PLC0415
-    from pvesim.scenario import load_scenario  # noqa: PLC0415
+    from pvesim.scenario import Scenario, load_scenario  # noqa: PLC0415
 
     if not scenario_path.is_file():
         raise UsageError(f"scenario file {scenario_path}: not found")
     try:
-        scenario = load_scenario(scenario_path)
+        try:
+            scenario = load_scenario(scenario_path)
+        except ValueError:
+            # `balancer_config:` is the agent's section; a scenario loader
+            # that does not know it gets the file without it.
+            doc = yaml.safe_load(scenario_path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict) or "balancer_config" not in doc:
+                raise
+            rest = {k: v for k, v in doc.items() if k != "balancer_config"}
+            scenario = Scenario.from_dict(rest, source=scenario_path.name)
     except ValueError as exc:  # ScenarioError names file and key
         raise UsageError(str(exc)) from exc
     return Simulator(scenario, seed=seed)

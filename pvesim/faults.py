@@ -17,7 +17,7 @@ Kinds, and what a client sees:
   With `executed=True` the call is carried out first and only the answer is
   lost (a migrate POST that timed out but did start the migration).
 - `http_error`: PVE's error shape: status (default 500), the message as HTTP
-  reason phrase and in the body `{"data": null, "message": "...\\n"}`; the
+  reason phrase, body `{"data": null}` (as `pvesim.api` answers errors); the
   call is not executed.
 - `malformed_json`: a 200 whose body is not valid JSON (a trailing comma).
 - `truncated_json`: a 200 whose body is cut in half (Content-Length matches
@@ -87,9 +87,9 @@ def _delay(seconds: float) -> None:
 
 def pve_error(status: int, message: str) -> ApiResponse:
     """An error answer shaped like pveproxy's: the message is the reason
-    phrase (single line) and is repeated in the JSON body."""
+    phrase (one line), the body `{"data":null}`."""
     reason = " ".join(message.split()) or "error"
-    body = json.dumps({"data": None, "message": message.rstrip("\n") + "\n"}).encode()
+    body = json.dumps({"data": None}, separators=(",", ":")).encode()
     return ApiResponse(
         status=status,
         body=body,

@@ -243,3 +243,12 @@ def test_fault_round_trips_through_dict() -> None:
     assert fault.fields == ("cpu", "mem")
     assert Fault.from_dict({k: v for k, v in fault.to_dict().items()
                             if k not in ("id", "fired")}) == fault
+
+
+def test_http_error_body_is_pve_shaped(api: Any, injector: FaultInjector) -> None:
+    injector.add(kind="http_error", status=503, path="/version",
+                 message="service unavailable\nretry later")
+    raw = api._store["session"].get(api._store["base_url"] + "/version")
+    assert raw.status_code == 503
+    assert raw.reason == "service unavailable retry later"  # one line, like pveproxy
+    assert raw.json() == {"data": None}
