@@ -44,8 +44,9 @@ def sentence_kind(sentence: str) -> str:
 
 class Daemon:
     def __init__(self, agent: Agent, clock: Clock, notifier: Notifier | None = None,
-                 default_interval: float = 5.0) -> None:
+                 default_interval: float = 5.0, sleep_slice: float = SLEEP_SLICE) -> None:
         self.agent = agent
+        self.sleep_slice = sleep_slice
         self.clock = clock
         self.notifier = notifier or Notifier()
         self.default_interval = default_interval
@@ -107,17 +108,28 @@ class Daemon:
             remaining = deadline - self.clock.now()
             if remaining <= 0:
                 return
-            self.clock.sleep(min(remaining, SLEEP_SLICE))
+            self.clock.sleep(min(remaining, self.sleep_slice))
 
     def run(self, max_cycles: int | None = None,
             on_cycle: Callable[[str], None] | None = None) -> int:
-        """Loop until asked to stop; returns the exit status (0)."""
+        """Loop until asked to stop, then shut down; returns the exit status."""
+        self.loop(max_cycles, on_cycle)
+        self.shutdown()
+        return 0
+
+    def loop(self, max_cycles: int | None = None,
+             on_cycle: Callable[[str], None] | None = None, *,
+             trailing_sleep: bool = False) -> None:
+        """Cycles at a fixed rate until a stop is requested or `max_cycles`
+        more cycles ran. With `trailing_sleep` the last cycle's slot is slept
+        out too, so consecutive calls keep the rate (virtual-time tests)."""
+        limit = None if max_cycles is None else self.cycles + max_cycles
         next_start = self.clock.now()
         while not self.stop_requested.is_set():
             sentence = self.run_once()
             if on_cycle is not None:
                 on_cycle(sentence)
-            if max_cycles is not None and self.cycles >= max_cycles:
+            if limit is not None and self.cycles >= limit and not trailing_sleep:
                 break
             interval = self.interval()
             next_start += interval
@@ -129,8 +141,8 @@ class Daemon:
                             "the missed slot", late, interval)
                 next_start = now
             self._sleep_until(next_start)
-        self.shutdown()
-        return 0
+            if limit is not None and self.cycles >= limit:
+                break
 
     def shutdown(self) -> None:
         self.notifier.stopping()

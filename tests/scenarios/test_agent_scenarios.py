@@ -1,0 +1,203 @@
+"""The real agent against a simulated PVE 9 cluster, in virtual time, through
+the real proxmoxer client (requests served in-process by pvesim).
+
+Each test states a cluster, runs the agent's daemon loop, and judges it by
+what reached the API (the simulator's request log) and where guests ended.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pve_balancer.config import Config
+from tests.conftest import guest_spec, make_lab, nodes_spec
+
+
+def cpu_hotspot(ha: bool = False) -> dict[str, Any]:
+    """pve1 (16 cores) at ~91 % CPU; pve2 and pve3 at ~31 %. Moving one
+    3-core guest relieves pve1 and no second move is allowed or needed."""
+    demands = [4.0, 3.0, 3.0, 2.0, 1.5, 1.0]
+    guests = [guest_spec(101 + i, "pve1", cpu=c, ha=ha) for i, c in enumerate(demands)]
+    guests += [guest_spec(201 + i, "pve2", cpu=1.25) for i in range(4)]
+    guests += [guest_spec(301 + i, "pve3", cpu=1.25) for i in range(4)]
+    return {"name": "cpu-hotspot", "nodes": nodes_spec(3), "guests": guests}
+
+
+def memory_layout(counts: dict[str, int], **guest_extra: Any) -> dict[str, Any]:
+    """Nodes of 64 GiB (4 GiB base) holding `counts[node]` guests that use
+    all of their 4 GiB; CPU is low everywhere."""
+    guests = []
+    vmid = 100
+    for node, count in counts.items():
+        for _ in range(count):
+            vmid += 1
+            guests.append(guest_spec(vmid, node, cpu=0.1, **guest_extra))
+    return {"name": "memory", "nodes": nodes_spec(len(counts)), "guests": guests}
+
+
+def test_cpu_hotspot_relieved_by_one_migration_then_agent_stops() -> None:
+    lab = make_lab(cpu_hotspot())
+    busiest = 101
+    lab.run(15 * 60)
+    posts = lab.migrate_posts()
+    assert len(posts) == 1, [s for _, s in lab.sentences if "migrat" in s]
+    assert all(p.status == 200 for p in posts)
+    moved = [v for v in range(101, 107) if lab.node_of(v) != "pve1"]
+    assert len(moved) == 1 and busiest not in moved, "the busiest VM stays"
+    estimates = lab.agent.estimator.estimates()
+    assert estimates.node_cpu["pve1"] < 0.8
+    assert max(estimates.node_cpu.values()) < 0.8
+    # and it stays quiet afterwards
+    lab.run(20 * 60)
+    assert len(lab.migrate_posts()) == 1
+    assert any(s.startswith("migrated vm") for _, s in lab.sentences)
+
+
+def test_memory_hotspot_relieved_by_one_migration() -> None:
+    lab = make_lab(memory_layout({"pve1": 12, "pve2": 9, "pve3": 9}))
+    assert lab.mem_fraction("pve1") > 0.8
+    lab.run(10 * 60)
+    posts = lab.migrate_posts()
+    assert len(posts) == 1, [s for _, s in lab.sentences if "migrat" in s]
+    assert lab.mem_fraction("pve1") <= 0.8
+    started = [s for _, s in lab.sentences if "started task" in s]
+    assert started and started[0].startswith("memory")
+    lab.run(20 * 60)
+    assert len(lab.migrate_posts()) == 1
+
+
+def test_proactive_fires_above_1_2_times_mean() -> None:
+    # pve1 at 75 % with the others at 44 %: threshold 1.2 x 54 % = 65 %.
+    lab = make_lab(memory_layout({"pve1": 11, "pve2": 6, "pve3": 6}))
+    lab.run(15 * 60)
+    posts = lab.migrate_posts()
+    assert 1 <= len(posts) <= 2
+    assert all("/nodes/pve1/qemu/" in p.path for p in posts)
+    started = [s for _, s in lab.sentences if "started task" in s]
+    assert started and all(s.startswith("proactive") for s in started)
+    fractions = [lab.mem_fraction(n) for n in ("pve1", "pve2", "pve3")]
+    mean = sum(fractions) / 3
+    assert fractions[0] <= 1.2 * mean + 1e-9
+
+
+def test_proactive_stays_quiet_at_or_below_1_2_times_mean() -> None:
+    # pve1 at 62.5 % with the others at 44 %: threshold 1.2 x 50 % = 60 %... so
+    # move one guest's worth less: pve1 at 56 %, threshold 1.2 x 48 % = 57.5 %.
+    lab = make_lab(memory_layout({"pve1": 8, "pve2": 6, "pve3": 6}))
+    lab.run(10 * 60)
+    assert lab.migrate_posts() == []
+    assert any("no action" in s for _, s in lab.sentences)
+
+
+def balanced_cluster() -> dict[str, Any]:
+    guests = []
+    for n, node in enumerate(("pve1", "pve2", "pve3")):
+        for i in range(5):
+            vmid = 100 * (n + 1) + i
+            spec = guest_spec(vmid, node, cpu=1.5, mem="6GiB", memory="8GiB")
+            if i == 0:
+                # short bursts: a 20 s spike every half hour must not trigger
+                spec["demand"]["spikes"] = [{"at": 600 + 1800 * k + 300 * n,
+                                             "until": 620 + 1800 * k + 300 * n, "cpu": 4}
+                                            for k in range(4)]
+            guests.append(spec)
+    return {"name": "balanced", "nodes": nodes_spec(3), "guests": guests}
+
+
+def test_balanced_cluster_two_hours_zero_migrations() -> None:
+    lab = make_lab(balanced_cluster())
+    lab.run(2 * 3600)
+    assert lab.migrate_posts() == []
+    assert len(lab.sentences) >= 2 * 3600 / 5 - 1
+    assert all(s.startswith(("no action", "leading")) for _, s in lab.sentences), \
+        {s for _, s in lab.sentences if not s.startswith("no action")}
+
+
+def test_foreign_migration_pauses_the_agent() -> None:
+    scenario = cpu_hotspot()
+    # A big idle guest on pve2 that an operator moves to pve3 over a slow
+    # link, before the agent starts: it takes about five minutes.
+    scenario["guests"].append(guest_spec(401, "pve2", cpu=0.0, mem="30GiB", memory="32GiB"))
+    scenario["sim"] = {"migration_bandwidth": "100MiB"}
+    lab = make_lab(scenario)
+    upid = lab.sim.migrate(401, "pve3")
+    assert upid.startswith("UPID:")
+    lab.run_until(lambda: lab.sim.running_migration(401) is None, limit=1200)
+    ended = lab.sim.now
+    assert ended - lab.sim.start_time > 120, "the foreign migration outlasts the warm-up"
+    assert [p for p in lab.migrate_posts() if p.time < ended] == [], \
+        "no POST while someone else migrates"
+    paused = [s for t, s in lab.sentences if t < ended - 10 and "no action" in s]
+    assert paused and all("migrat" in s for s in paused), paused[:3]
+    lab.run(10 * 60)
+    assert len(lab.migrate_posts()) == 1, "once it ended the agent relieves pve1"
+
+
+def test_ha_guest_migrates_via_hamigrate_and_agent_waits_for_the_move() -> None:
+    lab = make_lab(cpu_hotspot(ha=True))
+    ok = lab.run_until(lambda: bool(lab.migrate_posts()), limit=600)
+    assert ok
+    post = lab.migrate_posts()[0]
+    vmid = int(post.path.split("/")[4])
+    tasks = [t for t in lab.sim.tasks if t.type == "hamigrate" and t.id == str(vmid)]
+    assert tasks, "PVE answered with a hamigrate task"
+    assert lab.agent.inflight is not None and lab.agent.inflight.ha
+    lab.run_until(lambda: lab.agent.inflight is None, limit=600)
+    assert lab.node_of(vmid) != "pve1"
+    texts = [s for _, s in lab.sentences]
+    assert any(s.startswith(("HA migration of", "waiting for the HA manager")) for s in texts)
+    assert any(s.startswith("migrated vm") and "via HA" in s for s in texts), texts[-30:]
+    lab.run(15 * 60)
+    assert len(lab.migrate_posts()) == 1
+
+
+def test_guest_with_local_disks_is_skipped_without_a_failed_post() -> None:
+    disks = [{"volid": "local-lvm:vm-disk-0", "size": "32GiB"}]
+    scenario = memory_layout({"pve1": 12, "pve2": 9, "pve3": 9})
+    clean = 112
+    for g in scenario["guests"]:
+        if g["node"] == "pve1" and g["vmid"] != clean:
+            g["local_disks"] = disks
+    lab = make_lab(scenario)
+    lab.run(10 * 60)
+    posts = lab.migrate_posts()
+    assert [p.path for p in posts] == [f"/nodes/pve1/qemu/{clean}/migrate"]
+    assert all(p.status == 200 for p in posts)
+    checked = lab.requests("GET", "/migrate")
+    assert len(checked) >= 2, "preconditions were asked before acting"
+    assert lab.node_of(clean) != "pve1"
+
+
+def _steady_requests(node_count: int, per_node: int) -> tuple[int, int]:
+    guests = []
+    for n in range(node_count):
+        for i in range(per_node):
+            guests.append(guest_spec(1000 + n * 100 + i, f"pve{n + 1}", cpu=1.0))
+    lab = make_lab({"name": f"size-{node_count}", "nodes": nodes_spec(node_count),
+                    "guests": guests})
+    lab.run(180)  # warm-up: RRD seeding, first slow refresh
+    since = lab.sim.now
+    cycles = len(lab.run(120))
+    return len([r for r in lab.sim.request_log if r.time >= since]), cycles
+
+
+def test_requests_per_cycle_do_not_grow_with_cluster_size() -> None:
+    small, small_cycles = _steady_requests(3, 2)
+    large, large_cycles = _steady_requests(30, 2)
+    assert small_cycles == large_cycles == 24
+    assert small == large
+    assert small <= 2 * small_cycles + 8, "two requests per cycle plus the 60 s refreshes"
+
+
+def test_config_disabled_observes_only() -> None:
+    lab = make_lab(cpu_hotspot(), Config(enabled=False, seed=1))
+    lab.run(5 * 60)
+    assert lab.migrate_posts() == []
+    assert any(s.startswith("observe only") for _, s in lab.sentences)
+
+
+def test_dry_run_never_posts() -> None:
+    lab = make_lab(cpu_hotspot(), Config(dry_run=True, seed=1))
+    lab.run(5 * 60)
+    assert lab.migrate_posts() == []
+    assert any(s.startswith("dry run, would") for _, s in lab.sentences)
