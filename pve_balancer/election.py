@@ -1,0 +1,270 @@
+"""Leader election on the pmxcfs lock `/etc/pve/priv/lock/pve-balancer`.
+
+The only module that knows pmxcfs lock semantics (docs/election.md):
+- take the lock with `mkdir` (EEXIST: someone holds it);
+- renew with `utime(lock, (0, now))` every `renew_interval`; pmxcfs accepts
+  it only from the node that created or last renewed the lock and only if
+  the mtime does not go back, so the time written is never ahead of `now`;
+- a standby that finds the lock held first tries that renew (it succeeds
+  when this very node holds the lock, e.g. after an agent restart, so
+  leadership resumes at once), then sends an unlock request
+  `utime(lock, (0, 0))` - pmxcfs deletes the lock only once it has been
+  unchanged for its lifetime (120 s) - and tries `mkdir` again;
+- the leader steps down at once when a renew fails, when its node is not
+  quorate (`.members`), or when its last good renew is older than
+  `safety_bound` (60 s, half the lifetime: it stops acting well before any
+  other node could take the lock);
+- `release()` on an orderly stop removes the lock with `rmdir`, after a
+  renew has proved it is still ours (rmdir has no owner check).
+
+Every syscall error is turned into a role and a sentence; nothing here
+raises out of `tick`, `confirm`, `release` or `describe`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Protocol
+
+from pve_balancer.status import read_status, status_path
+
+LOCK_NAME = "pve-balancer"
+# Ticks are scheduled at the interval; a tick that arrives a hair early
+# (timer jitter) must not skip a whole interval.
+_EARLY_SLACK = 0.1
+
+
+class _Now(Protocol):
+    def now(self) -> float: ...
+
+
+def _errname(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno)) if exc.errno else str(exc)
+
+
+class PmxcfsElection:
+    """`leadership.Election` on a pmxcfs lock directory.
+
+    `pve_root` is the node's /etc/pve (its own mount), `node` this node's
+    name. `tick(now)` is called once per agent cycle; standby attempts
+    happen at most every `retry_interval`, renews every `renew_interval`.
+    Times are unix seconds of the node's clock (what pmxcfs stamps mtimes
+    with). `clock`, when given, lets `is_leader` expire by itself between
+    ticks once the safety bound has passed.
+    """
+
+    def __init__(self, pve_root: Path, node: str, renew_interval: float = 10.0,
+                 safety_bound: float = 60.0, clock: _Now | None = None,
+                 retry_interval: float = 5.0, lock_name: str = LOCK_NAME) -> None:
+        if not node:
+            raise ValueError("node name must not be empty")
+        if renew_interval <= 0 or retry_interval <= 0:
+            raise ValueError("renew_interval and retry_interval must be positive")
+        if safety_bound <= renew_interval:
+            raise ValueError(f"safety_bound ({safety_bound} s) must exceed renew_interval "
+                             f"({renew_interval} s)")
+        self.pve_root = Path(pve_root)
+        self.node = node
+        self.renew_interval = float(renew_interval)
+        self.safety_bound = float(safety_bound)
+        self.retry_interval = float(retry_interval)
+        self.clock = clock
+        self.lock_path = self.pve_root / "priv" / "lock" / lock_name
+        self.members_path = self.pve_root / ".members"
+        self.status_path = status_path(self.pve_root)
+        self._leading = False
+        self._last_renew: float | None = None  # `now` of the last good mkdir/renew
+        self._last_attempt: float | None = None
+        self._last_now: float | None = None
+        self._state: str | None = None  # what the last sentence said
+        self._pending: list[str] = []  # step-downs found by confirm(), told by tick()
+        self.last_release = ""  # outcome of release(), for the journal
+
+    # ------------------------------------------------------------ protocol
+    @property
+    def is_leader(self) -> bool:
+        if not self._leading or self._last_renew is None:
+            return False
+        if self.clock is not None:
+            try:
+                return self.clock.now() - self._last_renew <= self.safety_bound
+            except Exception:
+                return False
+        return True
+
+    def tick(self, now: float) -> str | None:
+        try:
+            said = self._tick(now)
+        except Exception as exc:  # never let a cycle die here
+            self._leading = False
+            said = self._say("error", f"standby: election error: {exc!r}")
+        pending, self._pending = self._pending, []
+        parts = [*pending, said] if said else pending
+        return "; ".join(parts) if parts else None
+
+    def confirm(self, now: float) -> bool:
+        try:
+            if not self._leading or self._last_renew is None:
+                return False
+            self._last_now = now
+            if self._quorate() is False:
+                self._pending.append(self._step_down("no-quorum", "node lost quorum"))
+                return False
+            if now - self._last_renew > self.safety_bound:
+                self._pending.append(self._step_down("safety", self._safety_text(now)))
+                return False
+            problem = self._renew(now)
+            if problem:
+                self._pending.append(self._step_down("renew-failed",
+                                                     f"renew failed ({problem})"))
+                return False
+            return True
+        except Exception as exc:
+            self._leading = False
+            self._pending.append(f"stepped down: election error: {exc!r}")
+            return False
+
+    def release(self) -> None:
+        try:
+            if not self._leading:
+                self.last_release = "not leading; nothing to release"
+                return
+            self._leading = False
+            self._state = "released"
+            now = self.clock.now() if self.clock is not None else self._last_now
+            # rmdir has no owner check: prove the lock is still ours first.
+            problem = self._renew(now) if now is not None else "no time known"
+            if problem:
+                self.last_release = f"lock left in place: the renew before rmdir failed ({problem})"
+                return
+            os.rmdir(self.lock_path)
+            self.last_release = "lock released"
+        except OSError as exc:
+            self.last_release = f"lock not released: rmdir failed ({_errname(exc)})"
+        except Exception as exc:
+            self.last_release = f"lock not released: {exc!r}"
+
+    def describe(self) -> str:
+        try:
+            if self.is_leader:
+                return "leader"
+            if self._state == "no-quorum":
+                return "standby (no quorum)"
+            return f"standby (leader: {self._published_leader()})"
+        except Exception:
+            return "standby (leader: unknown)"
+
+    # ------------------------------------------------------------- internals
+    def _tick(self, now: float) -> str | None:
+        self._last_now = now
+        quorate = self._quorate()
+        if self._leading:
+            assert self._last_renew is not None
+            if quorate is False:
+                return self._step_down("no-quorum", "node lost quorum")
+            if now - self._last_renew > self.safety_bound:
+                return self._step_down("safety", self._safety_text(now))
+            if now - self._last_renew >= self.renew_interval * (1 - _EARLY_SLACK) or \
+                    now < self._last_renew:
+                problem = self._renew(now)
+                if problem:
+                    return self._step_down("renew-failed", f"renew failed ({problem})")
+            return None
+        if quorate is False:
+            return self._say("no-quorum", "standby: node is not quorate")
+        if self._last_attempt is not None and \
+                0 <= now - self._last_attempt < self.retry_interval * (1 - _EARLY_SLACK):
+            return None
+        self._last_attempt = now
+        return self._try_acquire(now)
+
+    def _try_acquire(self, now: float) -> str | None:
+        try:
+            os.mkdir(self.lock_path)
+            return self._become_leader(now, "became leader (lock acquired)")
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            return self._say(f"mkdir-{exc.errno}",
+                             f"standby: cannot take the lock: mkdir failed ({_errname(exc)})")
+        # Held. By this node (agent restarted)? Then a renew succeeds.
+        if self._renew(now) is None:
+            return self._become_leader(now, "became leader (resumed the lock this node holds)")
+        # By another node: ask pmxcfs to drop it if it has expired, retry.
+        # Its errno means nothing: EACCES when refused and when it worked.
+        with contextlib.suppress(OSError):
+            os.utime(self.lock_path, (0, 0))
+        try:
+            os.mkdir(self.lock_path)
+            return self._become_leader(now, "became leader (lock acquired after it expired)")
+        except FileExistsError:
+            return self._say("held", "standby: lock held by another node")
+        except OSError as exc:
+            return self._say(f"mkdir-{exc.errno}",
+                             f"standby: cannot take the lock: mkdir failed ({_errname(exc)})")
+
+    def _renew(self, now: float) -> str | None:
+        """Renew with the current whole second; the error name on failure."""
+        try:
+            os.utime(self.lock_path, (0, int(now)))
+        except OSError as exc:
+            return _errname(exc)
+        self._last_renew = now
+        return None
+
+    def _become_leader(self, now: float, sentence: str) -> str | None:
+        self._leading = True
+        self._last_renew = now
+        return self._say("leader", sentence)
+
+    def _step_down(self, why: str, text: str) -> str:
+        self._leading = False
+        self._last_attempt = None  # a standby attempt is due on the next tick
+        self._state = why
+        return f"stepped down: {text}"
+
+    def _safety_text(self, now: float) -> str:
+        assert self._last_renew is not None
+        return (f"last good renew {now - self._last_renew:.0f} s ago exceeds the "
+                f"{self.safety_bound:.0f} s safety bound")
+
+    def _say(self, state: str, sentence: str) -> str | None:
+        """The sentence only when the role or its reason changed."""
+        if state == self._state:
+            return None
+        self._state = state
+        return sentence
+
+    def _quorate(self) -> bool | None:
+        """cluster.quorate from `.members`; None when it cannot be read (the
+        syscalls will then tell). A node without a cluster is quorate."""
+        try:
+            doc = json.loads(self.members_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        cluster = doc.get("cluster")
+        if not isinstance(cluster, dict):
+            return True  # pmxcfs in local mode has no cluster section
+        try:
+            return bool(int(cluster.get("quorate", 0)))
+        except (TypeError, ValueError):
+            return None
+
+    def _published_leader(self) -> str:
+        doc = read_status(self.status_path)
+        if not doc:
+            return "unknown"
+        leader = doc.get("leader")
+        if not isinstance(leader, str) or not leader or leader == self.node:
+            return "unknown"
+        updated, refresh = doc.get("updated"), doc.get("refresh", 30.0)
+        if isinstance(updated, (int, float)) and isinstance(refresh, (int, float)) and \
+                self._last_now is not None and self._last_now - updated > max(3 * refresh, 120):
+            return f"unknown; last seen {leader}"
+        return leader
