@@ -94,10 +94,12 @@ def step(flight: InFlight, task: Task | None, error: str | None, snapshot: Snaps
             flight.handed_over = True
             return _watch_guest(flight, snapshot, tasks, now)
         status = task.exitstatus or "unknown"
+        via = " via HA" if flight.ha else ""
+        what = "HA migration" if flight.ha else "migration"
         if ok:
-            return Progress(True, True, f"migrated {flight.label()} in {elapsed:.0f} s (OK)",
+            return Progress(True, True, f"migrated {flight.label()} in {elapsed:.0f} s{via} (OK)",
                             status)
-        return Progress(True, False, f"migration of {flight.label()} failed after {elapsed:.0f} s:"
+        return Progress(True, False, f"{what} of {flight.label()} failed after {elapsed:.0f} s:"
                         f" {status}", status)
 
     return _watch_guest(flight, snapshot, tasks, now)
