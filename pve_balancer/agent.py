@@ -192,6 +192,7 @@ class Agent:
         self.last_fields: dict[str, object] = {}
         self.last_level = logging.INFO
         self.last_decision: Decision | None = None
+        self._prefix = ""
 
     # ------------------------------------------------------------ plumbing
 
@@ -229,16 +230,17 @@ class Agent:
         now = self.clock.now()
         self.last_fields = {}
         self.last_level = logging.INFO
+        self._prefix = ""
         try:
             sentence = self._cycle(now)
         except PveError as exc:
             log.debug("cycle failed", exc_info=True)
             self.last_level = logging.WARNING
-            sentence = f"cannot reach the PVE API: {exc}"
+            sentence = f"{self._prefix}cannot reach the PVE API: {exc}"
         except Exception as exc:  # the loop must survive anything
             log.debug("cycle failed", exc_info=True)
             self.last_level = logging.ERROR
-            sentence = f"cycle failed: {type(exc).__name__}: {exc}"
+            sentence = f"{self._prefix}cycle failed: {type(exc).__name__}: {exc}"
         self.last_fields.setdefault("role", "leader" if self._leading else "standby")
         self.last_sentence = sentence
         return sentence
@@ -246,7 +248,7 @@ class Agent:
     def _cycle(self, now: float) -> str:
         self.config_source.refresh()
         change = self.election.tick(now)
-        prefix = f"{change}; " if change else ""
+        prefix = self._prefix = f"{change}; " if change else ""
         if not self.election.is_leader:
             if self._leading:
                 self._end_term()
