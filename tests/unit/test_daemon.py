@@ -188,5 +188,6 @@ def test_real_agent_in_the_loop_reports_its_role() -> None:
                   config=ConfigSource.fixed(Config()), clock=clock)
     sent: list[str] = []
     daemon = Daemon(agent, clock, Notifier(lambda s: sent.append(s) or True))
-    assert daemon.run_once().startswith("leading as the only balancer; cycle failed: OSError")
+    assert daemon.run_once().startswith(
+        "leading as the only balancer (no election); cycle failed: OSError")
     assert sent[0].startswith("STATUS=leader: ")
