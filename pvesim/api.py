@@ -94,11 +94,15 @@ class Route:
 _routes: list[Route] = []
 
 
-def route(method: str, template: str, params: dict[str, P] | None = None) -> Callable[[Handler], Handler]:
+def route(
+    method: str, template: str, params: dict[str, P] | None = None
+) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
         p = dict(params or {})
         for name in re.findall(r"\{(\w+)\}", template):
-            p.setdefault(name, NODE if name == "node" else VMID if name == "vmid" else P(optional=False))
+            p.setdefault(
+                name, NODE if name == "node" else VMID if name == "vmid" else P(optional=False)
+            )
         _routes.append(Route(method, template, fn, p, tuple(template.strip("/").split("/"))))
         return fn
 
@@ -107,8 +111,8 @@ def route(method: str, template: str, params: dict[str, P] | None = None) -> Cal
 
 def routes() -> list[Route]:
     # handler modules register themselves on import
-    import pvesim.api_actions
-    import pvesim.api_views  # noqa: F401
+    import pvesim.api_actions  # noqa: PLC0415
+    import pvesim.api_views  # noqa: F401, PLC0415
 
     return _routes
 
@@ -162,7 +166,10 @@ def _validate(route_: Route, raw: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in raw:
         if k not in route_.params:
-            errors[k] = "property is not defined in schema and the schema does not allow additional properties"
+            errors[k] = (
+                "property is not defined in schema and the schema does not allow "
+                "additional properties"
+            )
     for name, spec in route_.params.items():
         if name not in raw or raw[name] == "":
             if not spec.optional:
@@ -198,10 +205,12 @@ def _validate(route_: Route, raw: dict[str, str]) -> dict[str, Any]:
                 errors[name] = f"type check ('number') failed - got '{v}'"
             continue
         if spec.enum is not None and v not in spec.enum:
-            errors[name] = f"value '{v}' does not have a value in the enumeration '{', '.join(spec.enum)}'"
+            errors[name] = (
+                f"value '{v}' does not have a value in the enumeration '{', '.join(spec.enum)}'"
+            )
             continue
         if spec.fmt == "pve-node" and not _NODE_RE.match(v):
-            errors[name] = f"invalid format - value does not look like a valid node name\n"
+            errors[name] = "invalid format - value does not look like a valid node name\n"
             continue
         out[name] = v
     if errors:
@@ -236,18 +245,18 @@ def _response(status: int, body: dict[str, Any], reason: str) -> ApiResponse:
 
 def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
     """Answer one request (the caller holds `sim.lock`)."""
-    from pvesim.cluster import RequestRecord, SimError
+    from pvesim.cluster import RequestRecord, SimError  # noqa: PLC0415 — import cycle
 
     method = req.method.upper()
     path = req.path
     if path.startswith("/api2/json"):
-        path = path[len("/api2/json"):]
+        path = path[len("/api2/json") :]
     path = "/" + path.strip("/")
     served_by = req.served_by or sim.node_names[0]
     token_id: str | None = None
     template = path
     try:
-        rt, vals, other = _match(method, path)
+        rt, vals, _other = _match(method, path)
         if rt is None:
             raise ApiError(501, f"Method '{method} {path}' not implemented")
         template = rt.template
@@ -268,7 +277,9 @@ def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
                     f"hostname lookup '{node}' failed - failed to get address info for: "
                     f"{node}: Name or service not known",
                 )
-            if node != served_by and not (sim.nodes[node].reachable and (me is None or me.reachable)):
+            if node != served_by and not (
+                sim.nodes[node].reachable and (me is None or me.reachable)
+            ):
                 raise ApiError(596, "Connection timed out")
         ctx = Ctx(sim, req, token, params, served_by)
         data = rt.handler(ctx)

@@ -22,7 +22,10 @@ def _precondition_nodes(ctx: Ctx, g: Any) -> tuple[list[str], dict[str, Any]]:
             continue
         blocking = sim.blocking_ha(g, name)
         strict_out = any(
-            not r.disable and r.type == "node-affinity" and r.strict and g.sid in r.resources
+            not r.disable
+            and r.type == "node-affinity"
+            and r.strict
+            and g.sid in r.resources
             and name not in r.node_names()
             for r in sim.rules
         )
@@ -44,7 +47,9 @@ def qemu_migrate_check(ctx: Ctx) -> Any:
         {
             sid
             for r in ctx.sim.rules
-            if not r.disable and r.type == "resource-affinity" and r.affinity == "positive"
+            if not r.disable
+            and r.type == "resource-affinity"
+            and r.affinity == "positive"
             and g.sid in r.resources
             for sid in r.resources
             if sid != g.sid

@@ -5,6 +5,7 @@ rendered as 0/1 integers, as PVE's Perl JSON encoder sends them."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from pvesim.api import NODE, VMID, ApiError, Ctx, P, route
@@ -51,7 +52,12 @@ def _uptime(ctx: Ctx, g: Guest) -> int:
 # ---------------------------------------------------------------- version
 @route("GET", "/version")
 def version(ctx: Ctx) -> Any:
-    return {"version": PVE_VERSION, "release": PVE_RELEASE, "repoid": PVE_REPOID, "console": "xtermjs"}
+    return {
+        "version": PVE_VERSION,
+        "release": PVE_RELEASE,
+        "repoid": PVE_REPOID,
+        "console": "xtermjs",
+    }
 
 
 @route("GET", "/nodes/{node}/version")
@@ -93,7 +99,13 @@ def cluster_status(ctx: Ctx) -> Any:
 
 def _node_resource(ctx: Ctx, n: Node) -> dict[str, Any]:
     if not ctx.sees(n.name):
-        return {"id": f"node/{n.name}", "type": "node", "node": n.name, "status": "offline", "level": ""}
+        return {
+            "id": f"node/{n.name}",
+            "type": "node",
+            "node": n.name,
+            "status": "offline",
+            "level": "",
+        }
     return {
         "id": f"node/{n.name}",
         "type": "node",
@@ -172,8 +184,10 @@ def cluster_resources(ctx: Ctx) -> Any:
                 ("local", 0, "dir", "iso,vztmpl,backup"),
                 ("ceph-vm", 1, "rbd", "images,rootdir"),
             ):
-                if not (ctx.can(f"/storage/{sid}", "Datastore.Audit")
-                        or ctx.can(f"/storage/{sid}", "Datastore.AllocateSpace")):
+                if not (
+                    ctx.can(f"/storage/{sid}", "Datastore.Audit")
+                    or ctx.can(f"/storage/{sid}", "Datastore.AllocateSpace")
+                ):
                     continue
                 on = ctx.sees(n.name)
                 s: dict[str, Any] = {
@@ -210,7 +224,9 @@ def _task_entry(t: Any) -> dict[str, Any]:
 
 
 def _may_see_task(ctx: Ctx, t: Any) -> bool:
-    return t.user in (ctx.token.token_id, ctx.token.user) or ctx.can(f"/nodes/{t.node}", "Sys.Audit")
+    return t.user in (ctx.token.token_id, ctx.token.user) or ctx.can(
+        f"/nodes/{t.node}", "Sys.Audit"
+    )
 
 
 @route("GET", "/cluster/tasks")
@@ -277,7 +293,9 @@ def ha_rules(ctx: Ctx) -> Any:
             "type": r.type,
             "resources": ",".join(r.resources),
             "order": i + 1,
-            "digest": _digest((r.rule, r.type, r.resources, r.nodes, r.affinity, r.strict, r.disable)),
+            "digest": _digest(
+                (r.rule, r.type, r.resources, r.nodes, r.affinity, r.strict, r.disable)
+            ),
         }
         if r.type == "node-affinity":
             d["nodes"] = ",".join(r.nodes)
@@ -336,7 +354,7 @@ def ha_manager_status(ctx: Ctx) -> Any:
             if st == "started":
                 entry["running"] = 1
             services[g.sid] = entry
-    lrm = {}
+    lrm: dict[str, Any] = {}
     for n in sim.nodes.values():
         active = any(g.ha for g in sim.guests_on(n.name))
         lrm[n.name] = {
@@ -364,7 +382,13 @@ def ha_status_current(ctx: Ctx) -> Any:
     now = int(sim.now)
     q = sim.quorate(ctx.served_by)
     out: list[dict[str, Any]] = [
-        {"id": "quorum", "type": "quorum", "node": ctx.served_by, "status": "OK" if q else "No quorum on node", "quorate": _b(q)},
+        {
+            "id": "quorum",
+            "type": "quorum",
+            "node": ctx.served_by,
+            "status": "OK" if q else "No quorum on node",
+            "quorate": _b(q),
+        },
         {
             "id": "master",
             "type": "master",
@@ -380,7 +404,9 @@ def ha_status_current(ctx: Ctx) -> Any:
             "maintenance": "maintenance mode",
             "unknown": f"{n.name} (old timestamp - dead?, {_ctime(now - 60)})",
         }[status]
-        out.append({"id": f"lrm:{n.name}", "type": "lrm", "node": n.name, "status": text, "timestamp": now})
+        out.append(
+            {"id": f"lrm:{n.name}", "type": "lrm", "node": n.name, "status": text, "timestamp": now}
+        )
     for g in sorted(sim.guests.values(), key=lambda x: x.vmid):
         if not g.ha:
             continue
@@ -404,9 +430,7 @@ def ha_status_current(ctx: Ctx) -> Any:
 
 
 def _ctime(t: int) -> str:
-    import time as _t
-
-    return _t.strftime("%a %b %d %H:%M:%S %Y", _t.gmtime(t))
+    return time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(t))
 
 
 # ---------------------------------------------------------------- nodes
@@ -422,7 +446,8 @@ def nodes(ctx: Ctx) -> Any:
         d.pop("cgroup-mode", None)
         if d["status"] == "online":
             d["ssl_fingerprint"] = ":".join(
-                hashlib.sha256(n.name.encode()).hexdigest().upper()[i : i + 2] for i in range(0, 64, 2)
+                hashlib.sha256(n.name.encode()).hexdigest().upper()[i : i + 2]
+                for i in range(0, 64, 2)
             )
         out.append(d)
     return out
@@ -430,10 +455,7 @@ def nodes(ctx: Ctx) -> Any:
 
 @route("GET", "/nodes/{node}")
 def node_index(ctx: Ctx) -> Any:
-    return [
-        {"name": x}
-        for x in ("lxc", "qemu", "rrddata", "status", "tasks", "version")
-    ]
+    return [{"name": x} for x in ("lxc", "qemu", "rrddata", "status", "tasks", "version")]
 
 
 @route("GET", "/nodes/{node}/status")
@@ -479,9 +501,7 @@ def node_status(ctx: Ctx) -> Any:
     }
 
 
-def _rrd_rows(
-    rrd: Rrd, now: float, timeframe: str, cf: str, emit: Any
-) -> list[dict[str, Any]]:
+def _rrd_rows(rrd: Rrd, now: float, timeframe: str, cf: str, emit: Any) -> list[dict[str, Any]]:
     step = TIMEFRAMES[timeframe]
     end = int(now // step) * step
     rows = []
@@ -498,8 +518,7 @@ def _rrd_rows(
             count += 1
             for k in range(n):
                 sums[k] += b[1 + k] / b[0]
-                if b[1 + n + k] > maxs[k]:
-                    maxs[k] = b[1 + n + k]
+                maxs[k] = max(maxs[k], b[1 + n + k])
         if count == 0:
             rows.append({"time": t})
             continue
@@ -540,7 +559,9 @@ def node_rrddata(ctx: Ctx) -> Any:
             "netout": v[0] * 4e7,
         }
 
-    return _rrd_rows(n.rrd, ctx.sim.now, ctx.params["timeframe"], ctx.params.get("cf", "AVERAGE"), emit)
+    return _rrd_rows(
+        n.rrd, ctx.sim.now, ctx.params["timeframe"], ctx.params.get("cf", "AVERAGE"), emit
+    )
 
 
 def _guest_rrd(ctx: Ctx, kind: str) -> Any:
@@ -564,7 +585,9 @@ def _guest_rrd(ctx: Ctx, kind: str) -> Any:
             d["memhost"] = v[2]
         return d
 
-    return _rrd_rows(g.rrd, ctx.sim.now, ctx.params["timeframe"], ctx.params.get("cf", "AVERAGE"), emit)
+    return _rrd_rows(
+        g.rrd, ctx.sim.now, ctx.params["timeframe"], ctx.params.get("cf", "AVERAGE"), emit
+    )
 
 
 _GUEST_RRD = {
@@ -680,7 +703,8 @@ def qemu_config(ctx: Ctx) -> Any:
         "scsihw": "virtio-scsi-single",
         "boot": "order=scsi0;net0",
         "scsi0": f"ceph-vm:vm-{g.vmid}-disk-0,iothread=1,size={g.maxdisk // GIB}G",
-        "net0": f"virtio=BC:24:11:{g.vmid // 65536 % 256:02X}:{g.vmid // 256 % 256:02X}:{g.vmid % 256:02X},bridge=vmbr0",
+        "net0": "virtio=BC:24:11:"
+        f"{g.vmid // 65536 % 256:02X}:{g.vmid // 256 % 256:02X}:{g.vmid % 256:02X},bridge=vmbr0",
         "smbios1": f"uuid={_digest(('uuid', g.vmid))[:8]}-0000-4000-8000-{_digest(g.vmid)[:12]}",
         "vmgenid": f"{_digest(('gen', g.vmid))[:8]}-0000-4000-8000-{_digest(('g', g.vmid))[:12]}",
         "meta": "creation-qemu=10.0.2,ctime=1760000000",
@@ -689,7 +713,9 @@ def qemu_config(ctx: Ctx) -> Any:
     for i, disk in enumerate(g.local_disks, start=1):
         size = int(str(disk.get("size", 0)))
         key = "ide2" if disk.get("cdrom") else f"scsi{i}"
-        d[key] = f"{disk['volid']},size={max(1, size // GIB)}G" + (",media=cdrom" if disk.get("cdrom") else "")
+        d[key] = f"{disk['volid']},size={max(1, size // GIB)}G" + (
+            ",media=cdrom" if disk.get("cdrom") else ""
+        )
     for i, res in enumerate(g.local_resources):
         if res.startswith(("hostpci", "usb", "serial", "parallel")):
             d[res] = "0000:01:00.0" if res.startswith("hostpci") else "host=1-2"
@@ -717,7 +743,7 @@ def lxc_config(ctx: Ctx) -> Any:
         "ostype": "debian",
         "arch": "amd64",
         "rootfs": f"ceph-vm:vm-{g.vmid}-disk-0,size={g.maxdisk // GIB}G",
-        "net0": f"name=eth0,bridge=vmbr0,ip=dhcp,type=veth",
+        "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth",
         "unprivileged": 1,
     }
     for i, disk in enumerate(g.local_disks):
@@ -787,7 +813,9 @@ def _task_or_500(ctx: Ctx) -> Any:
     upid = ctx.params["upid"]
     parts = upid.split(":")
     if len(parts) != 9 or parts[0] != "UPID":
-        raise ApiError(400, "Parameter verification failed.", {"upid": "unable to parse worker upid"})
+        raise ApiError(
+            400, "Parameter verification failed.", {"upid": "unable to parse worker upid"}
+        )
     t = ctx.sim.find_task(upid)
     if t is None or t.node != ctx.params["node"]:
         raise ApiError(500, f"no such task '{upid}'" if t is None else "no such task")

@@ -133,6 +133,8 @@ class Simulator:
         self._build_rules_backups()
         self._build_tokens()
         self.ha_master = self.node_names[0]
+        self._prefill_rrd()
+        self._physics(self.now, 0.0)
         for n in self.nodes.values():
             self._publish_node(n, self.now)
 
@@ -193,7 +195,9 @@ class Simulator:
         specs = list(sc.guests)
         trace_vms = {g.demand.trace_vm for g in specs if g.demand.kind == "trace"}
         gen = sc.generate
-        gen_rng = random.Random(f"pvesim-{self.seed if gen is None or gen.seed is None else gen.seed}-gen")
+        gen_rng = random.Random(
+            f"pvesim-{self.seed if gen is None or gen.seed is None else gen.seed}-gen"
+        )
         chosen: list[int] = []
         if gen is not None:
             if gen.vm_ids:
@@ -227,8 +231,12 @@ class Simulator:
                     maxmem = min(maxmem, gen.max_memory)
                 ha = gen_rng.random() < gen.ha_fraction
                 spec = GuestSpec(
-                    vmid=vmid, node=node, name=f"{gen.name_prefix}-{vm:03d}",
-                    cores=tr.vcpus, memory=maxmem, ha=ha,
+                    vmid=vmid,
+                    node=node,
+                    name=f"{gen.name_prefix}-{vm:03d}",
+                    cores=tr.vcpus,
+                    memory=maxmem,
+                    ha=ha,
                 )
                 demand = TraceDemand(tr, self.start_time, offset, gen.cpu_scale, gen.mem_scale)
                 self._add_guest(spec, demand)
@@ -266,12 +274,29 @@ class Simulator:
     def _build_rules_backups(self) -> None:
         for r in self.scenario.rules:
             self.rules.append(
-                HaRule(r.rule, r.type, list(r.resources), list(r.nodes), r.affinity, r.strict,
-                       r.disable, r.comment)
+                HaRule(
+                    r.rule,
+                    r.type,
+                    list(r.resources),
+                    list(r.nodes),
+                    r.affinity,
+                    r.strict,
+                    r.disable,
+                    r.comment,
+                )
             )
         for b in self.scenario.backups:
-            job = BackupJob(b.id, b.schedule, b.enabled, b.node, b.vmids, b.storage, b.mode,
-                            b.seconds_per_guest, b.comment)
+            job = BackupJob(
+                b.id,
+                b.schedule,
+                b.enabled,
+                b.node,
+                b.vmids,
+                b.storage,
+                b.mode,
+                b.seconds_per_guest,
+                b.comment,
+            )
             self.backup_jobs.append(job)
             self._backup_next[job.id] = next_run(job.schedule, self.now)
 
@@ -279,6 +304,7 @@ class Simulator:
         rng = random.Random(f"pvesim-{self.seed}-tokens")
         self.token_objs: dict[str, Token] = {}
         specs = self.scenario.tokens
+        entries: list[tuple[str, str | None, dict[str, set[str]]]]
         if specs is None:
             entries = [(tid, None, {"/": privs}) for tid, privs in DEFAULT_TOKENS.items()]
         else:
@@ -327,7 +353,7 @@ class Simulator:
     # ------------------------------------------------------------------ API
     def handle(self, req: ApiRequest) -> ApiResponse:
         """The PVE API (see pvesim.api)."""
-        from pvesim.api import dispatch
+        from pvesim.api import dispatch  # noqa: PLC0415 — api imports this module
 
         with self.lock:
             return dispatch(self, req)
@@ -370,7 +396,10 @@ class Simulator:
 
     def _due(self, t: float) -> None:
         eps = 1e-9
-        while self._event_i < len(self._events) and self.start_time + self._events[self._event_i].at <= t + eps:
+        while (
+            self._event_i < len(self._events)
+            and self.start_time + self._events[self._event_i].at <= t + eps
+        ):
             ev = self._events[self._event_i]
             self._event_i += 1
             self._apply_event(ev.action, ev.args)
@@ -422,11 +451,11 @@ class Simulator:
             demands: list[float] = []
             mem = node.base_mem + incoming.get(name, 0)
             for g in guests:
-                c, m = g.demand.at(t)
+                c, gm = g.demand.at(t)
                 c = c if c < g.vcpus else float(g.vcpus)
-                m = m if m < g.maxmem else float(g.maxmem)
+                gm = gm if gm < g.maxmem else float(g.maxmem)
                 g.live_demand = c
-                g.live_mem = int(m)
+                g.live_mem = int(gm)
                 demands.append(c)
                 mem += _memhost(g)
             total = sum(demands)
@@ -465,6 +494,31 @@ class Simulator:
             samples[name] = (cpu_frac, mem_frac)
         self.metrics.sample(t, samples)
         self.metrics.now = t + dt
+
+    def _prefill_rrd(self, minutes: int = 70) -> None:
+        """History before the run starts, so a client seeding from
+        `rrddata?timeframe=hour` finds the last hour as on a running cluster.
+        Demand models are functions of time, so the past is well defined;
+        contention is applied per node as in the live physics."""
+        for k in range(minutes, 0, -1):
+            t = self.now - 60 * k + 30
+            for node in self.nodes.values():
+                if not node.powered:
+                    continue
+                gs = [g for g in self.guests_on(node.name) if g.running]
+                dem = [min(g.demand.at(t)[0], float(g.vcpus)) for g in gs]
+                total = sum(dem)
+                scale = 1.0 if total <= node.cores else node.cores / total
+                mem = float(node.base_mem)
+                for g, c in zip(gs, dem, strict=True):
+                    gmem = min(g.demand.at(t)[1], float(g.maxmem))
+                    host = gmem + (0 if g.type == "lxc" else 24 * MIB + g.maxmem // 128)
+                    mem += host
+                    g.rrd.add(t, [c * scale / g.vcpus, gmem, host])
+                node.rrd.add(t, [min(total, node.cores) / node.cores, mem, total])
+        for g in self.guests.values():
+            if isinstance(g.demand, TraceDemand):
+                g.demand._i = 0  # the replay cursor went back in time
 
     def _publish_node(self, node: Node, t: float) -> None:
         """A pvestatd round on `node`: what the API will show until the next."""
@@ -657,7 +711,14 @@ class Simulator:
             wire = disks
             held = 0
         mig = Migration(
-            g.vmid, g.node, target, self.now, self.now + duration, held, wire, task,
+            g.vmid,
+            g.node,
+            target,
+            self.now,
+            self.now + duration,
+            held,
+            wire,
+            task,
             online=g.running,
         )
         roll = self._rng.random()
@@ -687,7 +748,9 @@ class Simulator:
             g.lock = None
             if m.online and g.type == "lxc":
                 g.start_time = self.now
-            m.task.log.append(f"migration finished successfully (duration {_hms(self.now - m.start)})")
+            m.task.log.append(
+                f"migration finished successfully (duration {_hms(self.now - m.start)})"
+            )
             self.end_task(m.task, "OK")
             self.config_version += 1
         else:
@@ -697,9 +760,20 @@ class Simulator:
             self.end_task(m.task, reason or "migration aborted")
         self.metrics.migration_done(
             MigrationRecord(
-                vmid, m.source, m.target, m.start, self.now,
-                m.bytes_total if ok else int(m.bytes_total * min(1.0, (self.now - m.start) / max(m.end - m.start, 1e-9))),
-                ok, m.task.type, m.task.user, "" if ok else reason,
+                vmid,
+                m.source,
+                m.target,
+                m.start,
+                self.now,
+                m.bytes_total
+                if ok
+                else int(
+                    m.bytes_total * min(1.0, (self.now - m.start) / max(m.end - m.start, 1e-9))
+                ),
+                ok,
+                m.task.type,
+                m.task.user,
+                "" if ok else reason,
             )
         )
 
@@ -759,7 +833,8 @@ class Simulator:
         """Where the HA stack would put `g`: allowed by rules, online, not in
         maintenance; the node with the most free memory wins (CRS static)."""
         allowed = [
-            n for n in self.nodes.values()
+            n
+            for n in self.nodes.values()
             if n.reachable and not n.maintenance and n.name not in exclude and self.quorate(n.name)
         ]
         for rule in self.rules:
@@ -925,9 +1000,7 @@ class Simulator:
             if isinstance(g.demand, StepDemand):
                 g.demand.add_step(self.now, cpu, mem)
             else:
-                g.demand = StepDemand(
-                    cur_c if cpu is None else cpu, cur_m if mem is None else mem
-                )
+                g.demand = StepDemand(cur_c if cpu is None else cpu, cur_m if mem is None else mem)
 
     def set_failure_rate(self, rate: float) -> None:
         with self.lock:
@@ -965,7 +1038,9 @@ class Simulator:
                 if not vmids:
                     continue
                 task = self.new_task(n.name, "vzdump", "", ROOT)
-                task.log.append(f"INFO: starting new backup job: vzdump {' '.join(map(str, vmids))}")
+                task.log.append(
+                    f"INFO: starting new backup job: vzdump {' '.join(map(str, vmids))}"
+                )
                 per = job.seconds_per_guest if job else 60.0
                 run = _BackupRun(job.id if job else "", n.name, task, vmids, None, self.now, per)
                 self._backup_runs.append(run)
@@ -1023,7 +1098,9 @@ class Simulator:
             g = self.guests.get(a["vmid"])
             try:
                 self.migrate(
-                    a["vmid"], a["target"], user=str(a.get("user", ROOT)),
+                    a["vmid"],
+                    a["target"],
+                    user=str(a.get("user", ROOT)),
                     online=bool(a.get("online", g is not None and g.running)),
                 )
             except SimError as exc:

@@ -179,9 +179,16 @@ class Metrics:
                 "ping_pongs": len(self.ping_pongs),
                 "list": [
                     {
-                        "vmid": m.vmid, "source": m.source, "target": m.target,
-                        "start": _r(m.start), "end": _r(m.end), "bytes": m.bytes,
-                        "ok": m.ok, "type": m.task_type, "user": m.user, "error": m.error,
+                        "vmid": m.vmid,
+                        "source": m.source,
+                        "target": m.target,
+                        "start": _r(m.start),
+                        "end": _r(m.end),
+                        "bytes": m.bytes,
+                        "ok": m.ok,
+                        "type": m.task_type,
+                        "user": m.user,
+                        "error": m.error,
                     }
                     for m in self.migrations
                 ],
@@ -192,9 +199,7 @@ class Metrics:
                     "total_seconds": _r(sum(d)),
                     "max_seconds": _r(max(d, default=0.0)),
                     "mean_seconds": _r(sum(d) / len(d)) if d else 0.0,
-                    "still_open": sorted(
-                        n for (n, k) in self.open_episodes if k == kind
-                    ),
+                    "still_open": sorted(n for (n, k) in self.open_episodes if k == kind),
                 }
                 for kind, d in durations.items()
             },

@@ -339,9 +339,23 @@ class _Parser:
         self.keys(
             d,
             {
-                "name", "description", "nodes", "guests", "generate_from_traces", "ha_rules",
-                "options", "backup_jobs", "tokens", "pools", "events", "sim", "thresholds",
-                "start_time", "duration", "cluster_name", "trace_file",
+                "name",
+                "description",
+                "nodes",
+                "guests",
+                "generate_from_traces",
+                "ha_rules",
+                "options",
+                "backup_jobs",
+                "tokens",
+                "pools",
+                "events",
+                "sim",
+                "thresholds",
+                "start_time",
+                "duration",
+                "cluster_name",
+                "trace_file",
             },
             "",
         )
@@ -385,7 +399,9 @@ class _Parser:
             ],
             tokens=None
             if d.get("tokens") is None
-            else [self.token(x, f"tokens[{i}]") for i, x in enumerate(self.seq(d["tokens"], "tokens"))],
+            else [
+                self.token(x, f"tokens[{i}]") for i, x in enumerate(self.seq(d["tokens"], "tokens"))
+            ],
             pools=self.pools(d.get("pools") or {}),
             events=[
                 self.event(x, f"events[{i}]", node_set)
@@ -420,7 +436,9 @@ class _Parser:
     def node(self, v: Any, where: str) -> NodeSpec:
         d = self.mapping(v, where)
         self.keys(
-            d, {"name", "cores", "memory", "base_memory", "powered", "network", "maintenance"}, where
+            d,
+            {"name", "cores", "memory", "base_memory", "powered", "network", "maintenance"},
+            where,
         )
         if "name" not in d:
             raise self.err(f"{where}.name", "missing")
@@ -493,8 +511,21 @@ class _Parser:
         self.keys(
             d,
             {
-                "vmid", "node", "name", "type", "cores", "memory", "status", "template", "lock",
-                "tags", "ha", "local_disks", "local_resources", "pool", "demand",
+                "vmid",
+                "node",
+                "name",
+                "type",
+                "cores",
+                "memory",
+                "status",
+                "template",
+                "lock",
+                "tags",
+                "ha",
+                "local_disks",
+                "local_resources",
+                "pool",
+                "demand",
             },
             where,
         )
@@ -528,16 +559,16 @@ class _Parser:
             g.ha = self.boolean(d["ha"], f"{where}.ha")
         for i, disk in enumerate(self.seq(d.get("local_disks"), f"{where}.local_disks")):
             w = f"{where}.local_disks[{i}]"
-            if isinstance(disk, str):
-                disk = {"volid": disk}
-            dd = self.mapping(disk, w)
+            dd = self.mapping({"volid": disk} if isinstance(disk, str) else disk, w)
             self.keys(dd, {"volid", "size", "cdrom", "is_unused"}, w)
             g.local_disks.append(
                 {
                     "volid": self.string(dd.get("volid"), f"{w}.volid"),
                     "size": self.size(dd.get("size", 32 * 1024**3), f"{w}.size"),
                     "cdrom": 1 if self.boolean(dd.get("cdrom", False), f"{w}.cdrom") else 0,
-                    "is_unused": 1 if self.boolean(dd.get("is_unused", False), f"{w}.is_unused") else 0,
+                    "is_unused": 1
+                    if self.boolean(dd.get("is_unused", False), f"{w}.is_unused")
+                    else 0,
                 }
             )
         if "local_resources" in d:
@@ -554,8 +585,18 @@ class _Parser:
         self.keys(
             d,
             {
-                "count", "vm_ids", "seed", "vmid_start", "nodes", "placement", "random_offset",
-                "cpu_scale", "mem_scale", "max_memory", "ha_fraction", "name_prefix",
+                "count",
+                "vm_ids",
+                "seed",
+                "vmid_start",
+                "nodes",
+                "placement",
+                "random_offset",
+                "cpu_scale",
+                "mem_scale",
+                "max_memory",
+                "ha_fraction",
+                "name_prefix",
             },
             where,
         )
@@ -599,7 +640,9 @@ class _Parser:
     def rule(self, v: Any, where: str, nodes: set[str]) -> RuleSpec:
         d = self.mapping(v, where)
         self.keys(
-            d, {"rule", "type", "resources", "nodes", "affinity", "strict", "disable", "comment"}, where
+            d,
+            {"rule", "type", "resources", "nodes", "affinity", "strict", "disable", "comment"},
+            where,
         )
         for k in ("rule", "type", "resources"):
             if k not in d:
@@ -608,13 +651,14 @@ class _Parser:
         if rtype not in ("node-affinity", "resource-affinity"):
             raise self.err(f"{where}.type", "must be node-affinity or resource-affinity")
         resources = []
-        for r in self.strlist(d["resources"], f"{where}.resources"):
-            if re.fullmatch(r"\d+", r):
-                r = f"vm:{r}"
+        for item in self.strlist(d["resources"], f"{where}.resources"):
+            r = f"vm:{item}" if re.fullmatch(r"\d+", item) else item
             if not re.fullmatch(r"(vm|ct):\d+", r):
                 raise self.err(f"{where}.resources", f"{r!r} is not an HA resource id (vm:100)")
             resources.append(r)
-        spec = RuleSpec(rule=self.string(d["rule"], f"{where}.rule"), type=rtype, resources=resources)
+        spec = RuleSpec(
+            rule=self.string(d["rule"], f"{where}.rule"), type=rtype, resources=resources
+        )
         if rtype == "node-affinity":
             if "nodes" not in d:
                 raise self.err(f"{where}.nodes", "missing (node-affinity needs nodes)")
@@ -640,14 +684,16 @@ class _Parser:
             if k == "crs":
                 crs = val
                 if isinstance(crs, str):
-                    crs = dict(
-                        (p.split("=", 1) + ["1"])[:2] for p in crs.split(",") if p
-                    )
+                    crs = dict([*p.split("=", 1), "1"][:2] for p in crs.split(",") if p)
                 crs = self.mapping(crs, "options.crs")
                 allowed = {
-                    "ha", "ha-auto-rebalance", "ha-auto-rebalance-hold-duration",
-                    "ha-auto-rebalance-margin", "ha-auto-rebalance-method",
-                    "ha-auto-rebalance-threshold", "ha-rebalance-on-start",
+                    "ha",
+                    "ha-auto-rebalance",
+                    "ha-auto-rebalance-hold-duration",
+                    "ha-auto-rebalance-margin",
+                    "ha-auto-rebalance-method",
+                    "ha-auto-rebalance-threshold",
+                    "ha-rebalance-on-start",
                 }
                 self.keys(crs, allowed, "options.crs")
                 out["crs"] = {
@@ -661,8 +707,17 @@ class _Parser:
         d = self.mapping(v, where)
         self.keys(
             d,
-            {"id", "schedule", "enabled", "node", "vmids", "storage", "mode",
-             "seconds_per_guest", "comment"},
+            {
+                "id",
+                "schedule",
+                "enabled",
+                "node",
+                "vmids",
+                "storage",
+                "mode",
+                "seconds_per_guest",
+                "comment",
+            },
             where,
         )
         for k in ("id", "schedule"):
@@ -689,7 +744,9 @@ class _Parser:
         if "mode" in d:
             spec.mode = self.string(d["mode"], f"{where}.mode")
         if "seconds_per_guest" in d:
-            spec.seconds_per_guest = self.num(d["seconds_per_guest"], f"{where}.seconds_per_guest", 0)
+            spec.seconds_per_guest = self.num(
+                d["seconds_per_guest"], f"{where}.seconds_per_guest", 0
+            )
         if d.get("comment") is not None:
             spec.comment = str(d["comment"])
         return spec
@@ -711,7 +768,10 @@ class _Parser:
     def pools(self, v: Any) -> dict[str, list[int]]:
         d = self.mapping(v, "pools")
         return {
-            str(k): [self.integer(x, f"pools.{k}[{i}]", 100) for i, x in enumerate(self.seq(m, f"pools.{k}"))]
+            str(k): [
+                self.integer(x, f"pools.{k}[{i}]", 100)
+                for i, x in enumerate(self.seq(m, f"pools.{k}"))
+            ]
             for k, m in d.items()
         }
 
@@ -722,12 +782,22 @@ class _Parser:
         action = self.string(d["action"], f"{where}.action")
         if action not in EVENT_ACTIONS:
             raise self.err(
-                f"{where}.action", f"unknown action {action!r} (one of {', '.join(sorted(EVENT_ACTIONS))})"
+                f"{where}.action",
+                f"unknown action {action!r} (one of {', '.join(sorted(EVENT_ACTIONS))})",
             )
         at = self.num(d["at"], f"{where}.at", 0)
         args = {k: val for k, val in d.items() if k not in ("at", "action")}
         allowed = {
-            "node", "on", "vmid", "cpu", "mem", "target", "online", "job", "rate", "user",
+            "node",
+            "on",
+            "vmid",
+            "cpu",
+            "mem",
+            "target",
+            "online",
+            "job",
+            "rate",
+            "user",
         }
         self.keys(args, allowed, where)
         for k in EVENT_ACTIONS[action]:

@@ -35,8 +35,7 @@ class Rrd:
         b[0] += 1
         for i, v in enumerate(values):
             b[1 + i] += v
-            if v > b[1 + n + i]:
-                b[1 + n + i] = v
+            b[1 + n + i] = max(b[1 + n + i], v)
 
     def prune(self, before: float) -> None:
         cut = int(before // 60) * 60
@@ -213,11 +212,9 @@ class Token:
         prefix of it wins (PVE propagates ACLs downwards)."""
         best: str | None = None
         for p in self.acl:
-            if (
-                p == "/"
-                or path == p
-                or path.startswith(p.rstrip("/") + "/")
-            ) and (best is None or len(p) > len(best)):
+            if (p in ("/", path) or path.startswith(p.rstrip("/") + "/")) and (
+                best is None or len(p) > len(best)
+            ):
                 best = p
         return set() if best is None else set(self.acl[best])
 
@@ -227,16 +224,52 @@ class Token:
 
 ALL_PRIVILEGES = frozenset(
     {
-        "Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate",
-        "Datastore.Audit", "Group.Allocate", "Mapping.Audit", "Mapping.Modify", "Mapping.Use",
-        "Permissions.Modify", "Pool.Allocate", "Pool.Audit", "Realm.Allocate",
-        "Realm.AllocateUser", "SDN.Allocate", "SDN.Audit", "SDN.Use", "Sys.AccessNetwork",
-        "Sys.Audit", "Sys.Console", "Sys.Incoming", "Sys.Modify", "Sys.PowerMgmt",
-        "Sys.Syslog", "User.Modify", "VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone",
-        "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit", "VM.Config.Disk",
-        "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options",
-        "VM.Console", "VM.GuestAgent.Audit", "VM.GuestAgent.FileRead",
-        "VM.GuestAgent.FileSystemMgmt", "VM.GuestAgent.FileWrite", "VM.GuestAgent.Unrestricted",
-        "VM.Migrate", "VM.PowerMgmt", "VM.Replicate", "VM.Snapshot", "VM.Snapshot.Rollback",
+        "Datastore.Allocate",
+        "Datastore.AllocateSpace",
+        "Datastore.AllocateTemplate",
+        "Datastore.Audit",
+        "Group.Allocate",
+        "Mapping.Audit",
+        "Mapping.Modify",
+        "Mapping.Use",
+        "Permissions.Modify",
+        "Pool.Allocate",
+        "Pool.Audit",
+        "Realm.Allocate",
+        "Realm.AllocateUser",
+        "SDN.Allocate",
+        "SDN.Audit",
+        "SDN.Use",
+        "Sys.AccessNetwork",
+        "Sys.Audit",
+        "Sys.Console",
+        "Sys.Incoming",
+        "Sys.Modify",
+        "Sys.PowerMgmt",
+        "Sys.Syslog",
+        "User.Modify",
+        "VM.Allocate",
+        "VM.Audit",
+        "VM.Backup",
+        "VM.Clone",
+        "VM.Config.CDROM",
+        "VM.Config.CPU",
+        "VM.Config.Cloudinit",
+        "VM.Config.Disk",
+        "VM.Config.HWType",
+        "VM.Config.Memory",
+        "VM.Config.Network",
+        "VM.Config.Options",
+        "VM.Console",
+        "VM.GuestAgent.Audit",
+        "VM.GuestAgent.FileRead",
+        "VM.GuestAgent.FileSystemMgmt",
+        "VM.GuestAgent.FileWrite",
+        "VM.GuestAgent.Unrestricted",
+        "VM.Migrate",
+        "VM.PowerMgmt",
+        "VM.Replicate",
+        "VM.Snapshot",
+        "VM.Snapshot.Rollback",
     }
 )

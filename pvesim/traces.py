@@ -134,7 +134,7 @@ def _parse_vm(data: bytes, vm: int, path: Path) -> Trace:
     start = data.find(prefix)
     if start < 0:
         raise TraceError(f"VM {vm} is not in trace file {path}")
-    rows: list[tuple[float, float, float, int, int]] = []
+    rows: list[tuple[float, float, int, int, int]] = []
     pos = start + 1
     n = len(data)
     head = prefix[1:]
