@@ -13,10 +13,16 @@ Rules, as PVE's JSONSchema validator applies them:
 - returned data must have the declared type; PVE's JSON encodes booleans
   as 0/1, so both are accepted for `boolean`; `null` is accepted for
   optional values only;
-- objects must carry every property not marked `optional`, and may carry
-  properties the schema does not list only if `additionalProperties` is
-  true (or a schema, which the extra values then must satisfy) or the
-  schema lists no properties at all (PVE's "object of anything").
+- objects must carry every property not marked `optional`; a listed
+  family `net[n]` covers `net0`, `net1`, ...;
+- properties the schema does not list: an error where `additionalProperties`
+  is 0; allowed where it is true (or a schema, which the extra values must
+  then satisfy) or where the schema lists no properties at all (PVE's
+  "object of anything"). Where `additionalProperties` is simply absent,
+  PVE's own validator allows extras and real PVE does return some (e.g.
+  `endtime` in `/cluster/tasks`); the checker is stricter and reports them
+  unless the caller names them in `allowed_extra` — so every field beyond the
+  schema is a deliberate, listed decision.
 """
 
 from __future__ import annotations
@@ -102,6 +108,18 @@ def _num(value: Any) -> float | None:
         return None
 
 
+def _pattern(pattern: Any) -> re.Pattern[str] | None:
+    """PVE's patterns are Perl regexes; `(?^:...)` / `(?^i:...)` (Perl's
+    "default flags" groups) become Python's `(?:...)` / `(?i:...)`."""
+    if not isinstance(pattern, str):
+        return None
+    text = re.sub(r"\(\?\^([a-z]*):", lambda m: f"(?{m[1]}:" if m[1] else "(?:", pattern)
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"schema pattern {pattern!r} not understood: {exc}") from exc
+
+
 def check_param_value(name: str, value: str, schema: dict[str, Any]) -> list[str]:
     """Does the string `value` parse as PVE would parse parameter `name`?"""
     problems: list[str] = []
@@ -124,9 +142,9 @@ def check_param_value(name: str, value: str, schema: dict[str, Any]) -> list[str
         enum = schema.get("enum")
         if enum is not None and value not in enum:
             problems.append(f"{where}: {value!r} not in enum {enum}")
-        pattern = schema.get("pattern")
-        if isinstance(pattern, str) and not re.fullmatch(pattern, value):
-            problems.append(f"{where}: {value!r} does not match pattern {pattern}")
+        regex = _pattern(schema.get("pattern"))
+        if regex is not None and not regex.fullmatch(value):
+            problems.append(f"{where}: {value!r} does not match pattern {schema['pattern']}")
         max_len = _num(schema.get("maxLength"))
         if max_len is not None and len(value) > max_len:
             problems.append(f"{where}: longer than {max_len:g}")
@@ -161,8 +179,20 @@ def required_params(endpoint: Endpoint) -> list[str]:
     return sorted(n for n, s in props.items() if not s.get("optional"))
 
 
-def check_value(value: Any, schema: dict[str, Any], where: str = "data") -> list[str]:
-    """Does `value` (decoded JSON) satisfy the PVE return `schema`?"""
+Allowed = dict[str, frozenset[str]]
+
+
+def _generic(where: str) -> str:
+    return re.sub(r"\[\d+\]", "[]", where)
+
+
+def check_value(
+    value: Any, schema: dict[str, Any], where: str = "data", allowed_extra: Allowed | None = None
+) -> list[str]:
+    """Does `value` (decoded JSON) satisfy the PVE return `schema`?
+    `allowed_extra` maps a location (`data[]`, `data.cpuinfo`) to property
+    names accepted there although the schema does not list them."""
+    extra = allowed_extra or {}
     kind = _type_of(schema)
     if value is None:
         if kind in (None, "null") or schema.get("optional"):
@@ -198,31 +228,52 @@ def check_value(value: Any, schema: dict[str, Any], where: str = "data") -> list
         problems: list[str] = []
         if isinstance(items, dict):
             for i, item in enumerate(value):
-                problems.extend(check_value(item, items, f"{where}[{i}]"))
+                problems.extend(check_value(item, items, f"{where}[{i}]", extra))
         return problems
     if kind == "object":
         if not isinstance(value, dict):
             return [f"{where}: expected object, got {type(value).__name__}"]
-        return _check_object(value, schema, where)
+        return _check_object(value, schema, where, extra)
     return [f"{where}: schema type {kind!r} unknown to the checker"]
 
 
-def _check_object(value: dict[str, Any], schema: dict[str, Any], where: str) -> list[str]:
+def _family(name: str, props: dict[str, Any]) -> dict[str, Any] | None:
+    """`net0` belongs to a listed `net[n]` family."""
+    m = re.fullmatch(r"([a-z_-]+?)(\d+)", name)
+    if m is None:
+        return None
+    sub = props.get(f"{m[1]}[n]")
+    return sub if isinstance(sub, dict) else None
+
+
+def _check_object(
+    value: dict[str, Any], schema: dict[str, Any], where: str, allowed_extra: Allowed
+) -> list[str]:
     props: dict[str, Any] = dict(schema.get("properties") or {})
     extra = schema.get("additionalProperties")
     problems: list[str] = []
     for name, sub in props.items():
+        if name.endswith("[n]"):
+            continue
         if name in value:
-            problems.extend(check_value(value[name], sub, f"{where}.{name}"))
+            problems.extend(check_value(value[name], sub, f"{where}.{name}", allowed_extra))
         elif not sub.get("optional"):
             problems.append(f"{where}: required property '{name}' missing")
+    accepted = allowed_extra.get(_generic(where), frozenset())
     for name in sorted(set(value) - set(props)):
-        if isinstance(extra, dict):
-            problems.extend(check_value(value[name], extra, f"{where}.{name}"))
-        elif props and not extra:
+        family = _family(name, props)
+        if family is not None:
+            problems.extend(check_value(value[name], family, f"{where}.{name}", allowed_extra))
+        elif isinstance(extra, dict):
+            problems.extend(check_value(value[name], extra, f"{where}.{name}", allowed_extra))
+        elif extra is not None and not extra:
+            problems.append(f"{where}: property '{name}' is not allowed (additionalProperties 0)")
+        elif props and not extra and name not in accepted:
             problems.append(f"{where}: property '{name}' is not in the schema")
     return problems
 
 
-def check_response(endpoint: Endpoint, data: Any) -> list[str]:
-    return check_value(data, endpoint.returns)
+def check_response(
+    endpoint: Endpoint, data: Any, allowed_extra: Allowed | None = None
+) -> list[str]:
+    return check_value(data, endpoint.returns, "data", allowed_extra)

@@ -73,3 +73,24 @@ def test_parameters_checked_by_name_type_and_enum(schema: ApiSchema) -> None:
     assert res is not None
     assert check_params(res, {"type": "disk"}) == [
         "parameter 'type': 'disk' not in enum ['vm', 'storage', 'node', 'sdn']"]
+
+
+def test_property_families_explicit_extras_and_closed_objects(schema: ApiSchema) -> None:
+    from tests.pvesim.schema_check import check_value
+
+    config = schema.get("GET", "/nodes/{node}/qemu/{vmid}/config")
+    assert config is not None
+    good = {"digest": "ab", "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr0"}
+    assert check_response(config, good) == []
+    assert check_response(config, dict(good, net1=5)) == [
+        "data.net1: expected string, got int 5"]
+    tasks = schema.get("GET", "/cluster/tasks")
+    assert tasks is not None
+    item = [{"upid": "UPID:x", "endtime": 5}]
+    assert check_response(tasks, item) == ["data[0]: property 'endtime' is not in the schema"]
+    assert check_response(tasks, item, {"data[]": frozenset({"endtime"})}) == []
+    closed = {"type": "object", "additionalProperties": 0, "properties": {"a": {"type": "integer"}}}
+    assert check_value({"a": 1, "b": 2}, closed, "data", {"data": frozenset({"b"})}) == [
+        "data: property 'b' is not allowed (additionalProperties 0)"]
+    open_ = {"type": "object", "additionalProperties": 1, "properties": {"a": {"type": "integer"}}}
+    assert check_value({"a": 1, "b": 2}, open_) == []
