@@ -96,6 +96,11 @@ class PmxcfsElection:
                 return False
         return True
 
+    @property
+    def last_renew(self) -> float | None:
+        """`now` of the last successful take or renew (None before any)."""
+        return self._last_renew
+
     def tick(self, now: float) -> str | None:
         try:
             said = self._tick(now)
@@ -223,7 +228,9 @@ class PmxcfsElection:
 
     def _step_down(self, why: str, text: str) -> str:
         self._leading = False
-        self._last_attempt = None  # a standby attempt is due on the next tick
+        # Stay standby for one retry interval before trying again, so one
+        # cycle never says "stepped down; became leader".
+        self._last_attempt = self._last_now
         self._state = why
         return f"stepped down: {text}"
 
