@@ -204,7 +204,7 @@ def test_ha_views_maintenance_rules_options() -> None:
     assert data(sim, "GET", "/cluster/options")["crs"]["ha-auto-rebalance"] == 0
     sids = [r["sid"] for r in data(sim, "GET", "/cluster/ha/resources")]
     assert sids == ["vm:101", "vm:102", "vm:103"]
-    status, reason, _ = call(sim, "GET", "/cluster/ha/rules", token="root@pam!admin")
+    status, _, _ = call(sim, "GET", "/cluster/ha/rules", token="root@pam!admin")
     assert status == 200
 
 
