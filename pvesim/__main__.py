@@ -30,9 +30,11 @@ from typing import Any
 
 import yaml
 
+from pvesim.cluster import Simulator
 from pvesim.control import ControlServer, SimControl
 from pvesim.faults import FaultInjector
 from pvesim.realtime import RealtimeDriver
+from pvesim.scenario import Scenario, load_scenario
 from pvesim.server import ClusterServer
 from pvesim.tls import ensure_pki
 
@@ -45,10 +47,7 @@ class UsageError(Exception):
     """Bad command-line input; reported as one line, exit status 2."""
 
 
-def _build_simulator(scenario_path: Path, seed: int) -> Any:
-    from pvesim.cluster import Simulator  # noqa: PLC0415
-    from pvesim.scenario import Scenario, load_scenario  # noqa: PLC0415
-
+def _build_simulator(scenario_path: Path, seed: int) -> Simulator:
     if not scenario_path.is_file():
         raise UsageError(f"scenario file {scenario_path}: not found")
     try:
@@ -118,20 +117,33 @@ def layout_pve_roots(
     return roots
 
 
-def _write_metrics(sim: Any, metrics_out: Path | None, plot: Path | None) -> None:
+def _plot_writer(plot: str | None) -> Any:
+    """Import the plotting module up front, so a missing matplotlib fails
+    the command at start and not after a long run."""
+    if not plot:
+        return None
+    try:
+        from pvesim.plot import write_png  # noqa: PLC0415 - matplotlib loads slowly
+    except ImportError as exc:
+        raise UsageError(f"--plot {plot}: plotting unavailable: {exc}") from exc
+    return write_png
+
+
+def _write_metrics(
+    sim: Simulator, metrics_out: Path | None, plot: Path | None, write_png: Any
+) -> None:
     if metrics_out is not None:
         with sim.lock:
             data = sim.metrics.to_dict()
         _write_atomic(metrics_out, (json.dumps(data, indent=2) + "\n").encode(), 0o644)
-    if plot is not None:
-        from pvesim.plot import write_png  # noqa: PLC0415 - matplotlib loads slowly
-
+    if plot is not None and write_png is not None:
         with sim.lock:
             write_png(sim, plot)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     scenario_path = Path(args.scenario)
+    write_png = _plot_writer(args.plot)
     sim = _build_simulator(scenario_path, args.seed)
     balancer_config = _balancer_config(scenario_path)
     tokens: dict[str, str] = dict(sim.tokens)
@@ -205,7 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             control_server.stop()
         metrics_out = Path(args.metrics_out) if args.metrics_out else None
         plot = Path(args.plot) if args.plot else None
-        _write_metrics(sim, metrics_out, plot)
+        _write_metrics(sim, metrics_out, plot, write_png)
         if own_state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -215,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--duration {args.duration}: must be > 0")
     if args.step <= 0:
         raise UsageError(f"--step {args.step}: must be > 0")
+    write_png = _plot_writer(args.plot)
     sim = _build_simulator(Path(args.scenario), args.seed)
     started = time.monotonic()
     remaining = float(args.duration)
@@ -223,7 +236,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         sim.advance(step)
         remaining -= step
     wall = time.monotonic() - started
-    _write_metrics(sim, Path(args.metrics_out), Path(args.plot) if args.plot else None)
+    _write_metrics(
+        sim, Path(args.metrics_out), Path(args.plot) if args.plot else None, write_png
+    )
     print(
         f"simulated {args.duration:g} s in {wall:.1f} s wall; metrics: {args.metrics_out}",
         file=sys.stderr,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -146,7 +147,7 @@ class InProcessAdapter(BaseAdapter):
         self,
         handler: ApiHandler,
         served_by: str,
-        sleep: Any = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__()
         self.handler = handler
@@ -243,7 +244,7 @@ def attach(
     proxmox_api: Any,
     handler: ApiHandler,
     served_by: str,
-    sleep: Any = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> InProcessAdapter:
     """Route every request of a proxmoxer `ProxmoxAPI` to `handler`, as if
     sent to node `served_by`'s API. Returns the mounted adapter."""
