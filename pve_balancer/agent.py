@@ -34,7 +34,7 @@ from .config import Config, load_config
 from .ema import CpuEstimator
 from .executor import InFlight
 from .leadership import Election
-from .model import Decision, Estimates, Migration, Snapshot
+from .model import Decision, Estimates, Migration, Mode, Snapshot
 from .policy import PolicyState, decide
 from .pve import Preconditions, PveClient, PveError, Task
 from .status import DecisionRecord, NodeRecord, StatusWriter, decisions_from, read_status
@@ -55,6 +55,9 @@ TARGET_BLOCK_TTL = 300.0
 
 PRECONDITIONS_TTL = 600.0
 """How long a "can move" preconditions answer is reused."""
+
+GUEST_WARMUP = 60.0
+"""Seconds of live samples that make an unseeded guest EMA trustworthy."""
 
 MAX_REDECIDE = 5
 """Decisions per cycle when candidates turn out unmovable (bounded work)."""
@@ -193,6 +196,8 @@ class Agent:
         self.last_level = logging.INFO
         self.last_decision: Decision | None = None
         self._prefix = ""
+        self._guest_since: dict[int, float] = {}
+        self._guest_seeded: set[int] = set()
 
     # ------------------------------------------------------------ plumbing
 
@@ -269,6 +274,8 @@ class Agent:
         self.estimator = CpuEstimator()
         self.inflight = None
         self.settle_until = 0.0
+        self._guest_since = {}
+        self._guest_seeded = set()
         if self._client is not None:
             self._client.invalidate_slow()
         if self.status is not None:
@@ -287,6 +294,7 @@ class Agent:
         client = self.client
         snapshot, tasks = client.sample(now)
         self.estimator.observe(snapshot)
+        self._track_guests(snapshot, now)
         for name in self.estimator.nodes_needing_seed():
             try:
                 points = client.node_cpu_history(name, now)
@@ -322,8 +330,25 @@ class Agent:
             except PveError as exc:
                 log.debug("no RRD history for vm %s: %s", vmid, exc)
                 points = []
-            self.estimator.seed_guest(vmid, points)
+            if self.estimator.seed_guest(vmid, points):
+                self._guest_seeded.add(vmid)
         return bool(needed)
+
+    def _track_guests(self, snapshot: Snapshot, now: float) -> None:
+        """Remember since when each running guest has been sampled without
+        a gap (a guest EMA is trusted after a minute of samples or a seed)."""
+        running = {g.vmid for g in snapshot.guests if g.status == "running"}
+        self._guest_since = {v: self._guest_since.get(v, now) for v in running}
+        self._guest_seeded &= running
+
+    def _cold_guests(self, snapshot: Snapshot, source: str, now: float) -> tuple[int, int]:
+        """(cold, total) running VMs on `source` whose CPU EMA is neither
+        seeded from RRD nor backed by a minute of samples."""
+        vms = [g.vmid for g in snapshot.guests
+               if g.node == source and g.kind == "qemu" and g.status == "running"]
+        cold = [v for v in vms if v not in self._guest_seeded
+                and now - self._guest_since.get(v, now) < GUEST_WARMUP]
+        return len(cold), len(vms)
 
     def evaluate(self, client: PveClient, snapshot: Snapshot, config: Config,
                  now: float) -> Decision:
@@ -343,6 +368,13 @@ class Agent:
                 seeded.add(m.source)
                 if self._seed_candidates(client, snapshot, m.source, now):
                     continue
+            if m.mode is Mode.CPU:
+                cold, total = self._cold_guests(snapshot, m.source, now)
+                if cold:
+                    return Decision(
+                        reason=f"no action: {m.source} above cpu_max but the CPU history of "
+                        f"{cold} of {total} VMs there is still warming up (no RRD data)",
+                        mode=m.mode, thresholds=decision.thresholds)
             pre = self._check_preconditions(client, m, now)
             if pre is None:
                 return decision

@@ -54,6 +54,8 @@ class Lab:
     node: str
     sentences: list[tuple[float, str]] = field(default_factory=list)
     notifications: list[str] = field(default_factory=list)
+    fields: list[dict[str, object]] = field(default_factory=list)
+    started_at: float = 0.0
 
     def run(self, seconds: float) -> list[str]:
         """Run the daemon loop for `seconds` of virtual time; returns the
@@ -64,6 +66,7 @@ class Lab:
 
         def keep(sentence: str) -> None:
             self.sentences.append((self.sim.now, sentence))
+            self.fields.append(dict(self.agent.last_fields))
 
         self.daemon.loop(cycles, keep, trailing_sleep=True)
         return [s for _, s in self.sentences[start:]]
@@ -82,6 +85,10 @@ class Lab:
         return [r for r in self.sim.request_log
                 if (method is None or r.method == method) and contains in r.path
                 and (since is None or r.time >= since)]
+
+    def started(self) -> list[dict[str, object]]:
+        """Structured fields of the cycles that started a migration."""
+        return [f for f in self.fields if f.get("result") == "started"]
 
     def migrate_posts(self) -> list[Any]:
         return [r for r in self.sim.request_log
@@ -115,10 +122,14 @@ def attach_client(sim: Any, node: str, token_id: str = AGENT_TOKEN) -> PveClient
 
 def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None, *,
              node: str | None = None, seed: int = 0, election: Election | None = None,
-             status_dir: Path | None = None) -> Lab:
+             status_dir: Path | None = None, warmup: float = 120.0) -> Lab:
+    """`warmup`: seconds the cluster runs before the agent starts, as on a
+    real cluster whose statistics and RRD already exist."""
     from pvesim.cluster import Simulator
 
     sim = Simulator(scenario_from(scenario), seed=seed)
+    if warmup > 0:
+        sim.advance(warmup)
     node = node or sim.node_names[0]
     client = attach_client(sim, node)
     clock = VirtualClock(sim)
@@ -136,7 +147,7 @@ def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None
     # Whole-interval sleeps: the virtual clock needs no wake-ups for signals.
     daemon = Daemon(agent, clock, Notifier(send), sleep_slice=3600.0)
     return Lab(sim=sim, agent=agent, daemon=daemon, client=client, node=node,
-               notifications=notes)
+               notifications=notes, started_at=sim.now)
 
 
 @pytest.fixture

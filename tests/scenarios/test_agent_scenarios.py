@@ -60,8 +60,7 @@ def test_memory_hotspot_relieved_by_one_migration() -> None:
     posts = lab.migrate_posts()
     assert len(posts) == 1, [s for _, s in lab.sentences if "migrat" in s]
     assert lab.mem_fraction("pve1") <= 0.8
-    started = [s for _, s in lab.sentences if "started task" in s]
-    assert started and started[0].startswith("memory")
+    assert [d["mode"] for d in lab.started()] == ["memory"]
     lab.run(20 * 60)
     assert len(lab.migrate_posts()) == 1
 
@@ -73,8 +72,7 @@ def test_proactive_fires_above_1_2_times_mean() -> None:
     posts = lab.migrate_posts()
     assert 1 <= len(posts) <= 2
     assert all("/nodes/pve1/qemu/" in p.path for p in posts)
-    started = [s for _, s in lab.sentences if "started task" in s]
-    assert started and all(s.startswith("proactive") for s in started)
+    assert {d["mode"] for d in lab.started()} == {"proactive"}
     fractions = [lab.mem_fraction(n) for n in ("pve1", "pve2", "pve3")]
     mean = sum(fractions) / 3
     assert fractions[0] <= 1.2 * mean + 1e-9
@@ -117,14 +115,14 @@ def test_foreign_migration_pauses_the_agent() -> None:
     scenario = cpu_hotspot()
     # A big idle guest on pve2 that an operator moves to pve3 over a slow
     # link, before the agent starts: it takes about five minutes.
-    scenario["guests"].append(guest_spec(401, "pve2", cpu=0.0, mem="30GiB", memory="32GiB"))
-    scenario["sim"] = {"migration_bandwidth": "100MiB"}
+    scenario["guests"].append(guest_spec(401, "pve2", cpu=0.0, mem="8GiB", memory="8GiB"))
+    scenario["sim"] = {"migration_bandwidth": "30MiB"}
     lab = make_lab(scenario)
-    upid = lab.sim.migrate(401, "pve3")
+    upid = lab.sim.migrate(401, "pve3", online=True)
     assert upid.startswith("UPID:")
     lab.run_until(lambda: lab.sim.running_migration(401) is None, limit=1200)
     ended = lab.sim.now
-    assert ended - lab.sim.start_time > 120, "the foreign migration outlasts the warm-up"
+    assert ended - lab.started_at > 120, "the foreign migration outlasts the EMA warm-up"
     assert [p for p in lab.migrate_posts() if p.time < ended] == [], \
         "no POST while someone else migrates"
     paused = [s for t, s in lab.sentences if t < ended - 10 and "no action" in s]

@@ -203,6 +203,41 @@ def test_migrate_post_failure_puts_the_guest_in_cooldown() -> None:
     assert f"POST {vmid} pve2" not in posts(client)[1:], "never retried in a loop"
 
 
+class CpuHotClient(FakeClient):
+    """pve1 at 95 % CPU (EMA), guests without RRD history."""
+
+    def snapshot(self, now: float) -> Snapshot:
+        nodes = (Node("pve1", True, 0.95, 16, 20 * GIB, 64 * GIB),
+                 Node("pve2", True, 0.20, 16, 20 * GIB, 64 * GIB))
+        guests = tuple(Guest(100 + i, f"vm{100 + i}", "pve1", "qemu", "running", c, 4,
+                             2 * GIB, 4 * GIB) for i, c in enumerate((1.0, 0.9, 0.8, 0.7), 1))
+        return Snapshot(time=now, nodes=nodes, guests=guests)
+
+    def node_cpu_history(self, node: str, now: float) -> list[tuple[float, float]]:
+        level = 0.95 if node == "pve1" else 0.2
+        return [(now - 60, level), (now - 30, level)]
+
+    def guest_cpu_history(self, node: str, vmid: int, now: float) -> list[tuple[float, float]]:
+        self.calls.append(f"rrd {vmid}")
+        return []
+
+
+def test_cpu_mode_waits_for_a_minute_of_guest_history_without_rrd() -> None:
+    client = CpuHotClient()
+    a = agent(client)
+    first = a.run_cycle()
+    assert "still warming up" in first and posts(client) == []
+    assert sorted(c for c in client.calls if c.startswith("rrd 1")) == [
+        "rrd 101", "rrd 102", "rrd 103", "rrd 104"], "RRD asked once per guest"
+    for _ in range(11):
+        a.clock.sleep(5)  # type: ignore[attr-defined]
+        assert "still warming up" in a.run_cycle()
+    a.clock.sleep(5)  # type: ignore[attr-defined]
+    sentence = a.run_cycle()
+    assert "started task" in sentence and "vm 101" not in sentence, "busiest VM kept"
+    assert len([c for c in client.calls if c.startswith("rrd 1")]) == 4
+
+
 # -- configuration reload -------------------------------------------------
 
 
