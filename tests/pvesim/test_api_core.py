@@ -134,7 +134,7 @@ def test_migration_preconditions_and_refusals() -> None:
     assert refuse(106, {"target": "pve1", "online": "1"}) == "target is local node."
     assert refuse(106, {"target": "pve2"}) == "can't migrate running VM without --online"
     assert refuse(103, online, "lxc") == "lxc live migration is currently not implemented"
-    status, reason, _ = call(sim, "POST", "/nodes/pve1/qemu/106/migrate", {"online": "1"})
+    status, _, _ = call(sim, "POST", "/nodes/pve1/qemu/106/migrate", {"online": "1"})
     assert status == 400
     sim.power_off("pve2")
     assert refuse(106, online) == "target node 'pve2' is not online"
