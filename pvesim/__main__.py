@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -126,6 +127,8 @@ def _plot_writer(plot: str | None) -> Any:
         from pvesim.plot import write_png  # noqa: PLC0415 - matplotlib loads slowly
     except ImportError as exc:
         raise UsageError(f"--plot {plot}: plotting unavailable: {exc}") from exc
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"--plot {plot}: matplotlib is not installed")
     return write_png
 
 

@@ -54,13 +54,15 @@ def test_run_as_a_process_and_bad_input(tmp_path: Path) -> None:
     scenario = tmp_path / "s.yaml"
     scenario.write_text(SCENARIO)
     out = tmp_path / "m.json"
+    png = tmp_path / "plot.png"
     proc = subprocess.run(
         [sys.executable, "-m", "pvesim", "run", "--scenario", str(scenario),
-         "--duration", "60", "--metrics-out", str(out)],
+         "--duration", "600", "--metrics-out", str(out), "--plot", str(png)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert isinstance(json.loads(out.read_text()), dict)
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert main(["run", "--scenario", str(tmp_path / "missing.yaml"), "--duration", "60",
                  "--metrics-out", str(out)]) == 2
     assert main(["run", "--scenario", str(scenario), "--duration", "0",
