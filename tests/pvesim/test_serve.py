@@ -96,28 +96,35 @@ def test_list_cluster_resources(lab: Lab) -> None:
 
 
 def test_migration_followed_by_upid_to_ok(lab: Lab) -> None:
+    ctl = ControlClient.from_connection(lab.conn)
     api = lab.client(node="pve2")  # any node's API can start it
-    upid = api.nodes("pve1").qemu(100).migrate.post(target="pve3", online=1)
-    assert upid.startswith("UPID:pve1:") and ":qmigrate:100:" in upid
+    ctl.call("POST", "/pause")  # hold the clock so "running" is observed on any machine
+    try:
+        upid = api.nodes("pve1").qemu(100).migrate.post(target="pve3", online=1)
+        assert upid.startswith("UPID:pve1:") and ":qmigrate:100:" in upid
+        assert api.nodes("pve1").tasks(upid).status.get()["status"] == "running"
+        assert api.nodes("pve1").qemu(100).config.get()["lock"] == "migrate"
+        running = [t for t in api.cluster.tasks.get() if t["upid"] == upid]
+        assert running and "endtime" not in running[0]
+    finally:
+        ctl.call("POST", "/resume")
     seen_lock: list[Any] = []
-    seen_states: list[str] = []
 
     def finished() -> dict[str, Any] | None:
         status = api.nodes("pve1").tasks(upid).status.get()
-        seen_states.append(status["status"])
         if status["status"] == "running":
-            cfg = api.nodes("pve1").qemu(100).config.get()
-            seen_lock.append(cfg.get("lock"))
+            seen_lock.append(api.nodes("pve1").qemu(100).config.get().get("lock"))
             return None
         return dict(status)
 
     final = wait_for("migration task to stop", finished)
     assert final["exitstatus"] == "OK"
-    assert "running" in seen_states
-    assert "migrate" in seen_lock
+    assert set(seen_lock) <= {"migrate"}
     moved = {i["vmid"]: i for i in api.cluster.resources.get(type="vm")}
     assert moved[100]["node"] == "pve3"
     assert "lock" not in api.nodes("pve3").qemu(100).config.get()
+    done = [t for t in api.cluster.tasks.get() if t["upid"] == upid]
+    assert done and done[0]["status"] == "OK"
 
 
 def test_missing_vm_migrate_privilege_is_403(lab: Lab) -> None:
