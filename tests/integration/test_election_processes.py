@@ -15,6 +15,7 @@ the production intervals (renew 10 s, safety 60 s, retry 5 s).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -169,7 +170,7 @@ class Lab:
 
     def assert_never_two_leaders(self) -> None:
         spans = self.leadership_intervals()
-        for (s1, e1, n1), (s2, _e2, n2) in zip(spans, spans[1:], strict=False):
+        for (_s1, e1, n1), (s2, _e2, n2) in itertools.pairwise(spans):
             assert s2 >= e1, f"{n1} led until {e1:.3f} but {n2} from {s2:.3f}\n{self.dump()}"
 
     def stop_all(self) -> None:
