@@ -418,11 +418,11 @@ class Agent:
         if not config.enabled:
             self._record(now, m, "observe-only", decision.reason)
             self.last_fields["result"] = "observe-only"
-            return f"observe only (enabled: false), would {_lower_first(decision.reason)}"
+            return f"observe only (enabled: false), not started: {decision.reason}"
         if config.dry_run:
             self._record(now, m, "dry-run", decision.reason)
             self.last_fields["result"] = "dry-run"
-            return f"dry run, would {_lower_first(decision.reason)}"
+            return f"dry run, not started: {decision.reason}"
         if not self.election.confirm(self.clock.now()):
             self.last_level = logging.WARNING
             self.last_fields["result"] = "not-leader"
@@ -520,8 +520,4 @@ class Agent:
                     estimates=self.estimator.estimates(), config=config,
                     unmovable={v: why for v, (_, why) in self.unmovable_until.items()},
                     requests=client.requests)
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:] if text else text
 

@@ -162,7 +162,8 @@ def open_client(args: argparse.Namespace, paths: Paths, timeout: float = 10.0) -
     return client
 
 
-def make_election(args: argparse.Namespace, paths: Paths, single: bool) -> Election:
+def make_election(args: argparse.Namespace, paths: Paths, single: bool,
+                  clock: SystemClock) -> Election:
     if single:
         return AlwaysLeader()
     try:
@@ -170,7 +171,7 @@ def make_election(args: argparse.Namespace, paths: Paths, single: bool) -> Elect
     except ImportError as exc:
         raise SystemExit(f"pve-balancer: the pmxcfs election is not available ({exc}); "
                          "use --single for a lone agent") from exc
-    election: Election = module.PmxcfsElection(paths.root, args.node)
+    election: Election = module.PmxcfsElection(paths.root, args.node, clock=clock)
     return election
 
 
@@ -367,7 +368,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
 
     source = ConfigSource(paths.config)
     source.refresh(force=True)
-    election = make_election(args, paths, args.single)
+    clock = SystemClock()
+    election = make_election(args, paths, args.single, clock)
 
     def factory() -> PveClient:
         try:
@@ -375,7 +377,6 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         except TokenError as exc:
             raise PveError(str(exc)) from exc
 
-    clock = SystemClock()
     agent = Agent(node=args.node, client=factory, election=election, config=source,
                   clock=clock, status=StatusWriter(paths.status, args.node))
     daemon = Daemon(agent, clock)

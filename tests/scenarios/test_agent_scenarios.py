@@ -198,4 +198,4 @@ def test_dry_run_never_posts() -> None:
     lab = make_lab(cpu_hotspot(), Config(dry_run=True, seed=1))
     lab.run(5 * 60)
     assert lab.migrate_posts() == []
-    assert any(s.startswith("dry run, would") for _, s in lab.sentences)
+    assert any(s.startswith("dry run, not started:") for _, s in lab.sentences)

@@ -164,8 +164,8 @@ def test_no_post_without_confirmed_leadership() -> None:
 
 
 @pytest.mark.parametrize(("config", "prefix"), [
-    (Config(enabled=False, seed=1), "observe only (enabled: false), would"),
-    (Config(dry_run=True, seed=1), "dry run, would"),
+    (Config(enabled=False, seed=1), "observe only (enabled: false), not started:"),
+    (Config(dry_run=True, seed=1), "dry run, not started:"),
 ])
 def test_disabled_and_dry_run_never_post(config: Config, prefix: str) -> None:
     client = FakeClient()

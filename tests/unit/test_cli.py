@@ -212,3 +212,31 @@ def test_plan_refuses_a_wrong_ca(served: dict[str, Any], tmp_path: Path,
     code, _ = run_cli("--pve-root", str(root), "--api-url", node["api_url"], "plan")
     assert code == 1
     assert "TLS verification failed" in capsys.readouterr().err
+
+
+def test_run_daemon_against_pvesim_serve_and_stop_on_sigterm(served: dict[str, Any]) -> None:
+    node = served["nodes"]["pve1"]
+    root = Path(node["pve_root"])
+    (root / "balancer.yaml").write_text("interval: 2\ndry_run: true\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM",
+                                                             "NOTIFY_SOCKET")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pve_balancer", "--pve-root", str(root), "--node", "pve1",
+         "--api-url", node["api_url"], "run", "--single"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        status = root / "pve-balancer" / "status.json"
+        deadline = time.monotonic() + 60
+        while not status.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert status.exists(), "the leader publishes its status"
+        doc = json.loads(status.read_text())
+        assert doc["leader"] == "pve1"
+        assert {n["name"] for n in doc["nodes"]} == {"pve1", "pve2", "pve3"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "configuration" in err and "loaded" in err
+    assert "dry run, not started: pve1 above memory_max" in err
+    assert "stopped after" in err
