@@ -16,6 +16,10 @@ Kinds, and what a client sees:
   up, and the in-process transport into `requests.exceptions.ReadTimeout`.
   With `executed=True` the call is carried out first and only the answer is
   lost (a migrate POST that timed out but did start the migration).
+- `connection_reset`: the connection is torn down without an answer (a
+  pveproxy restart, a proxy dropping it): `SimulatedResetError`, which the
+  HTTPS server turns into a TCP reset and the in-process transport into
+  `requests.exceptions.ConnectionError`. `executed=True` as for `timeout`.
 - `http_error`: PVE's error shape: status (default 500), the message as HTTP
   reason phrase, body `{"data": null}` (as `pvesim.api` answers errors); the
   call is not executed.
@@ -45,6 +49,7 @@ from pvesim.protocol import ApiHandler, ApiRequest, ApiResponse
 KINDS = (
     "latency",
     "timeout",
+    "connection_reset",
     "http_error",
     "malformed_json",
     "truncated_json",
@@ -59,6 +64,10 @@ class SimulatedTimeoutError(Exception):
     def __init__(self, hold: float) -> None:
         super().__init__(f"simulated timeout (hold {hold:g} s)")
         self.hold = hold
+
+
+class SimulatedResetError(Exception):
+    """The connection is reset before any answer is sent."""
 
 
 _latency_sink: ContextVar[Callable[[float], None] | None] = ContextVar(
@@ -206,6 +215,12 @@ def _truncate(body: bytes) -> bytes:
     return body[: max(1, len(body) // 2)]
 
 
+def _lose_answer(fault: Fault) -> None:
+    if fault.kind == "connection_reset":
+        raise SimulatedResetError(f"connection reset (fault {fault.id})")
+    raise SimulatedTimeoutError(fault.seconds or 0.0)
+
+
 @dataclass
 class _Decision:
     latency: float = 0.0
@@ -268,7 +283,7 @@ class FaultInjector:
                 fault.fired += 1
                 if fault.kind == "latency":
                     decision.latency += fault.seconds or 0.0
-                elif fault.kind == "timeout":
+                elif fault.kind in ("timeout", "connection_reset"):
                     decision.timeout = decision.timeout or fault
                 elif fault.kind == "http_error":
                     decision.error = decision.error or fault
@@ -282,12 +297,12 @@ class FaultInjector:
             _delay(decision.latency)
         timeout = decision.timeout
         if timeout is not None and not timeout.executed:
-            raise SimulatedTimeoutError(timeout.seconds or 0.0)
+            _lose_answer(timeout)
         if decision.error is not None:
             return pve_error(decision.error.status, decision.error.message)
         response = self.inner.handle(request)
         if timeout is not None:
-            raise SimulatedTimeoutError(timeout.seconds or 0.0)
+            _lose_answer(timeout)
         body = response.body
         for fault in decision.mutations:
             if fault.kind == "missing_fields":

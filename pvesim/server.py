@@ -23,12 +23,13 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pvesim.faults import SimulatedTimeoutError, pve_error
+from pvesim.faults import SimulatedResetError, SimulatedTimeoutError, pve_error
 from pvesim.protocol import ApiHandler, ApiResponse
 from pvesim.tls import ClusterPki, NodeCert
 from pvesim.transport import BadRequestError, parse_api_request
@@ -127,6 +128,14 @@ class _NodeHTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a crashing server's kernel does."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
 class _ApiRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pve-api-daemon/3.0"
@@ -166,6 +175,10 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
         except SimulatedTimeoutError as exc:
             self.close_connection = True
             srv.hold_silently(self.connection, exc.hold)
+            return
+        except SimulatedResetError:
+            self.close_connection = True
+            _reset(self.connection)
             return
         except Exception as exc:  # an API bug must not kill the listener
             log.exception("%s: handler failed on %s %s", srv.node, self.command, request.path)

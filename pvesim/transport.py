@@ -27,7 +27,12 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from pvesim.faults import SimulatedTimeoutError, pve_error, virtual_latency
+from pvesim.faults import (
+    SimulatedResetError,
+    SimulatedTimeoutError,
+    pve_error,
+    virtual_latency,
+)
 from pvesim.protocol import ApiHandler, ApiRequest, ApiResponse
 
 API_PREFIX = "/api2/json"
@@ -198,6 +203,11 @@ class InProcessAdapter(BaseAdapter):
         try:
             with virtual_latency(latency.add):
                 response = self.handler.handle(api_request)
+        except SimulatedResetError:
+            raise requests.exceptions.ConnectionError(
+                f"connection to {self.served_by} reset by peer ({method} {api_request.path})",
+                request=request,
+            ) from None
         except SimulatedTimeoutError as exc:
             self._wait(read_timeout if read_timeout is not None else exc.hold)
             raise requests.exceptions.ReadTimeout(

@@ -252,3 +252,24 @@ def test_http_error_body_is_pve_shaped(api: Any, injector: FaultInjector) -> Non
     assert raw.status_code == 503
     assert raw.reason == "service unavailable retry later"  # one line, like pveproxy
     assert raw.json() == {"data": None}
+
+
+# -- connection reset ----------------------------------------------------------
+def test_connection_reset_in_process(api: Any, injector: FaultInjector,
+                                     stub: StubCluster) -> None:
+    injector.add(kind="connection_reset", method="POST", count=1, executed=True)
+    with pytest.raises(requests.exceptions.ConnectionError) as err:
+        api.nodes("pve1").qemu(100).migrate.post(target="pve2")
+    assert not isinstance(err.value, requests.exceptions.Timeout)
+    assert [r.method for r in stub.seen] == ["POST"]  # executed, answer lost
+
+
+def test_connection_reset_over_https(https: ClusterServer, injector: FaultInjector,
+                                     stub: StubCluster) -> None:
+    injector.add(kind="connection_reset", path="/version", count=1)
+    client = https_client(https)
+    with pytest.raises(requests.exceptions.ConnectionError) as err:
+        client.version.get()
+    assert not isinstance(err.value, requests.exceptions.Timeout)
+    assert stub.seen == []
+    assert client.version.get()["release"] == "9.1"
