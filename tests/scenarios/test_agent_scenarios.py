@@ -7,6 +7,7 @@ what reached the API (the simulator's request log) and where guests ended.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pve_balancer.config import Config
@@ -199,3 +200,49 @@ def test_dry_run_never_posts() -> None:
     lab.run(5 * 60)
     assert lab.migrate_posts() == []
     assert any(s.startswith("dry run, not started:") for _, s in lab.sentences)
+
+
+def test_backup_guard_holds_migrations_until_the_backup_ended() -> None:
+    scenario = cpu_hotspot()
+    # The agent starts at 00:02 (after the lab's warm-up); a job starts at
+    # 00:03 and backs up one guest for three minutes.
+    scenario["backup_jobs"] = [{"id": "nightly", "schedule": "00:03", "vmids": [201],
+                                "seconds_per_guest": 180}]
+    lab = make_lab(scenario)
+    lab.run_until(lambda: bool(lab.migrate_posts()), limit=900)
+    backups = [t for t in lab.sim.tasks if t.type == "vzdump"]
+    assert backups, "the backup ran"
+    first_post = lab.migrate_posts()[0].time
+    assert first_post >= max(t.endtime for t in backups if t.endtime), \
+        "no migration within the guard or while the backup ran"
+    held = [s for t, s in lab.sentences if t < first_post - 5]
+    assert any("backup" in s for s in held), held[:5]
+
+
+def test_failed_migration_goes_into_cooldown_and_is_not_retried() -> None:
+    lab = make_lab(cpu_hotspot(), Config(seed=1, vm_cooldown=1800))
+    for vmid in range(101, 107):
+        lab.sim.fail_next_migration(vmid, "migration problems")
+    lab.run_until(lambda: any("failed after" in s for _, s in lab.sentences), limit=600)
+    failed = lab.migrate_posts()
+    assert len(failed) == 1
+    vmid = int(failed[0].path.split("/")[4])
+    assert vmid in lab.agent.cooldown_until
+    assert lab.node_of(vmid) == "pve1"
+    lab.run(15 * 60)
+    again = [p for p in lab.migrate_posts()[1:] if f"/qemu/{vmid}/" in p.path]
+    assert again == [], "a failed guest is not retried within its cooldown"
+
+
+def test_leader_publishes_status_at_a_modest_rate(tmp_path: Any) -> None:
+    lab = make_lab(cpu_hotspot(), status_dir=tmp_path)
+    lab.run(10 * 60)
+    writer = lab.agent.status
+    assert writer is not None
+    # 10 min at one refresh per 30 s, plus one write per decision event
+    events = len(lab.migrate_posts()) * 2
+    assert writer.writes <= 10 * 60 / 30 + events + 2
+    doc = json.loads((tmp_path / "pve-balancer" / "status.json").read_text())
+    assert doc["leader"] == "pve1"
+    assert [d["result"] for d in doc["decisions"]] == ["started", "ok"]
+    assert {n["name"] for n in doc["nodes"]} == {"pve1", "pve2", "pve3"}
