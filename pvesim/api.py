@@ -290,7 +290,10 @@ def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
             body = {"errors": exc.errors, "data": None}
         resp = _response(exc.status, body, exc.message)
     except SimError as exc:
-        resp = _response(exc.status, {"data": None}, exc.message)
+        err_body: dict[str, Any] = {"data": None}
+        if exc.errors:
+            err_body = {"errors": exc.errors, "data": None}
+        resp = _response(exc.status, err_body, exc.message)
     rec = RequestRecord(sim.now, served_by, token_id, method, path, resp.status)
     sim.log_request(rec, template)
     return resp

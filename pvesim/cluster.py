@@ -60,10 +60,13 @@ class SimError(Exception):
     """An operation PVE would refuse; `status` and message become the API
     answer (500 unless said otherwise)."""
 
-    def __init__(self, message: str, status: int = 500) -> None:
+    def __init__(
+        self, message: str, status: int = 500, errors: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.errors = errors
 
 
 @dataclass
@@ -623,12 +626,16 @@ class Simulator:
         with_local_disks: bool = False,
         restart: bool = False,
     ) -> None:
-        """PVE's refusals, in the order PVE checks them."""
+        """PVE's refusals, in the order PVE checks them (target is local →
+        quorum → target exists → lock → running without online → local
+        devices/disks → HA rules)."""
         src = g.node
+        if target == src:
+            raise SimError(
+                "Parameter verification failed.", 400, {"target": "target is local node."}
+            )
         if not self.quorate(src):
             raise SimError("cluster not ready - no quorum?")
-        if target == src:
-            raise SimError("target is local node.")
         if target not in self.nodes:
             raise SimError(f"no such cluster node '{target}'")
         if not self.nodes[target].reachable:
@@ -641,7 +648,7 @@ class Simulator:
                     raise SimError("lxc live migration is currently not implemented")
                 if not restart:
                     raise SimError("Can't migrate running container without --online or --restart")
-            elif not online and not g.ha:
+            elif not online:
                 raise SimError("can't migrate running VM without --online")
             if g.type == "qemu" and g.local_resources:
                 raise SimError(
