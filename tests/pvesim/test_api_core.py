@@ -131,7 +131,7 @@ def test_migration_preconditions_and_refusals() -> None:
     assert refuse(101, online).startswith("can't migrate local disk 'local-lvm:vm-101-disk-1'")
     assert refuse(102, online) == "can't migrate VM which uses local devices: hostpci0"
     assert refuse(104, online) == "VM is locked (backup)"
-    status, reason, body = call(
+    status, _, body = call(
         sim, "POST", "/nodes/pve1/qemu/106/migrate", {"target": "pve1", "online": "1"}
     )
     assert (status, body["errors"]) == (400, {"target": "target is local node."})
