@@ -431,6 +431,18 @@ class Agent:
             upid = client.migrate(m.source, m.vmid, m.target)
         except PveError as exc:
             self.cooldown_until[m.vmid] = now + config.vm_cooldown
+            if exc.status is None:
+                # No HTTP answer (timeout, reset): PVE may have started it.
+                # Follow the guest until that is known either way.
+                self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source,
+                                         target=m.target, mode=m.mode, upid="",
+                                         ha=m.ha_managed, started=now, handed_over=True,
+                                         unconfirmed=True)
+                self._record(now, m, f"unconfirmed: {exc}", decision.reason)
+                self.last_level = logging.WARNING
+                self.last_fields["result"] = "unconfirmed"
+                return (f"migration of vm {m.vmid} ({m.name}) {m.source} → {m.target}: no "
+                        f"answer ({exc}); checking whether it started")
             self._record(now, m, f"failed to start: {exc}", decision.reason)
             self.last_level = logging.WARNING
             self.last_fields["result"] = "failed"

@@ -21,6 +21,10 @@ HA_START_TIMEOUT = 300.0
 ended; after that the request is considered lost (PVE's CRM acts within
 one or two 10 s rounds, a busy cluster may take longer)."""
 
+UNCONFIRMED_TIMEOUT = 30.0
+"""Seconds to look for the task of a migrate POST whose answer was lost
+(timeout, reset connection) before concluding it never started."""
+
 MAX_STATUS_ERRORS = 12
 """Consecutive failed task-status reads before the agent stops following
 (the cluster-wide "migration running" guard still holds it back)."""
@@ -41,6 +45,7 @@ class InFlight:
     real_upid: str | None = None
     handed_over: bool = False  # HA: the hamigrate task ended OK
     status_errors: int = 0
+    unconfirmed: bool = False  # the POST's answer was lost: no UPID known
 
     @property
     def watch_upid(self) -> str | None:
@@ -126,8 +131,15 @@ def _watch_guest(flight: InFlight, snapshot: Snapshot, tasks: Sequence[Task],
     if guest is not None and guest.node == flight.target and guest.lock != "migrate":
         return Progress(True, True, f"migrated {flight.label()} in {elapsed:.0f} s via HA (OK)",
                         "OK")
+    where = guest.node if guest is not None else "nowhere"
+    if flight.unconfirmed and not flight.ha:
+        if elapsed > UNCONFIRMED_TIMEOUT:
+            return Progress(True, False, f"migration of {flight.label()} did not start (no task "
+                            f"within {UNCONFIRMED_TIMEOUT:.0f} s; guest is on {where})",
+                            "not started")
+        return Progress(False, sentence=f"looking for the task of the migration of "
+                        f"{flight.label()} (the API's answer was lost, {elapsed:.0f} s)")
     if elapsed > HA_START_TIMEOUT:
-        where = guest.node if guest is not None else "nowhere"
         return Progress(True, False, f"HA manager did not move {flight.label()} within "
                         f"{HA_START_TIMEOUT:.0f} s (guest is on {where})", "timeout")
     return Progress(False, sentence=f"waiting for the HA manager to move {flight.label()} "

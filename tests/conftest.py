@@ -56,6 +56,7 @@ class Lab:
     notifications: list[str] = field(default_factory=list)
     fields: list[dict[str, object]] = field(default_factory=list)
     started_at: float = 0.0
+    faults: Any = None
 
     def run(self, seconds: float) -> list[str]:
         """Run the daemon loop for `seconds` of virtual time; returns the
@@ -110,19 +111,24 @@ def scenario_from(data: dict[str, Any] | str | Path) -> Any:
     return load_scenario(data)
 
 
-def attach_client(sim: Any, node: str, token_id: str = AGENT_TOKEN) -> PveClient:
+def attach_client(sim: Any, node: str, token_id: str = AGENT_TOKEN,
+                  handler: Any = None) -> PveClient:
+    """The agent's real client, its requests served in-process by `handler`
+    (the simulator itself unless a fault injector wraps it)."""
     from pvesim.transport import attach
 
     token = ApiToken.parse(f"{token_id}={sim.tokens[token_id]}")
     client = connect("https://localhost:8006", token, verify=True)
     client.node = node
-    attach(client.api, sim, node)
+    attach(client.api, handler if handler is not None else sim, node,
+           sleep=lambda seconds: sim.advance(seconds))
     return client
 
 
 def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None, *,
              node: str | None = None, seed: int = 0, election: Election | None = None,
-             status_dir: Path | None = None, warmup: float = 120.0) -> Lab:
+             status_dir: Path | None = None, warmup: float = 120.0,
+             faults: bool = False) -> Lab:
     """`warmup`: seconds the cluster runs before the agent starts, as on a
     real cluster whose statistics and RRD already exist."""
     from pvesim.cluster import Simulator
@@ -131,7 +137,12 @@ def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None
     if warmup > 0:
         sim.advance(warmup)
     node = node or sim.node_names[0]
-    client = attach_client(sim, node)
+    injector = None
+    if faults:
+        from pvesim.faults import FaultInjector
+
+        injector = FaultInjector(sim, seed=seed)
+    client = attach_client(sim, node, handler=injector)
     clock = VirtualClock(sim)
     status = StatusWriter(status_dir / "pve-balancer" / "status.json", node) \
         if status_dir is not None else None
@@ -147,7 +158,7 @@ def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None
     # Whole-interval sleeps: the virtual clock needs no wake-ups for signals.
     daemon = Daemon(agent, clock, Notifier(send), sleep_slice=3600.0)
     return Lab(sim=sim, agent=agent, daemon=daemon, client=client, node=node,
-               notifications=notes, started_at=sim.now)
+               notifications=notes, started_at=sim.now, faults=injector)
 
 
 @pytest.fixture

@@ -246,3 +246,28 @@ def test_leader_publishes_status_at_a_modest_rate(tmp_path: Any) -> None:
     assert doc["leader"] == "pve1"
     assert [d["result"] for d in doc["decisions"]] == ["started", "ok"]
     assert {n["name"] for n in doc["nodes"]} == {"pve1", "pve2", "pve3"}
+
+
+def test_api_faults_cost_cycles_not_the_agent_nor_extra_migrations() -> None:
+    lab = make_lab(cpu_hotspot(), faults=True)
+    f = lab.faults
+    f.add(kind="malformed_json", method="GET", path="/cluster/resources", count=2)
+    f.add(kind="truncated_json", method="GET", path="/cluster/tasks", count=1)
+    f.add(kind="missing_fields", method="GET", path="/cluster/resources",
+          fields=("mem", "maxmem", "cpu"), count=2)
+    f.add(kind="http_error", method="GET", path="/cluster/ha/rules", status=500, count=1)
+    f.add(kind="latency", method="GET", path="/cluster/tasks", seconds=2.0, count=3)
+    # the migrate POST is carried out but its answer never arrives
+    f.add(kind="timeout", method="POST", path="/nodes/*/qemu/*/migrate", seconds=10.0,
+          executed=True, count=1)
+    lab.run(20 * 60)
+    texts = [s for _, s in lab.sentences]
+    assert any("cannot reach the PVE API" in s and "not JSON" in s for s in texts), texts[:6]
+    assert not any(s.startswith("cycle failed") for s in texts), "faults are named, not crashes"
+    posts = lab.migrate_posts()
+    assert len(posts) == 1, "the lost answer is not retried as a second migration"
+    vmid = int(posts[0].path.split("/")[4])
+    assert lab.node_of(vmid) != "pve1"
+    assert any("checking whether it started" in s for s in texts)
+    assert any(s.startswith("migrated vm") for s in texts), "and it was followed to its end"
+    assert max(lab.agent.estimator.estimates().node_cpu.values()) < 0.8
