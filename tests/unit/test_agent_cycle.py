@@ -191,7 +191,7 @@ def test_migrate_post_failure_puts_the_guest_in_cooldown() -> None:
 
     def refuse(node: str, vmid: int, target: str) -> str:
         client.calls.append(f"POST {vmid} {target}")
-        raise PveError(f"POST /nodes/{node}/qemu/{vmid}/migrate: HTTP 500 busy")
+        raise PveError(f"POST /nodes/{node}/qemu/{vmid}/migrate: HTTP 500 busy", status=500)
 
     client.migrate = refuse  # type: ignore[method-assign]
     a = agent(client)
