@@ -1,7 +1,7 @@
 """`python -m pvesim`: run a simulated cluster.
 
     serve --scenario FILE --connection-file OUT.json [--speed X] [--seed N]
-          [--state-dir DIR] [--metrics-out M.json] [--plot P.png]
+          [--state-dir DIR] [--metrics-out M.json] [--plot P.png] [--pmxcfs]
         The whole lab in real time (times --speed): one HTTPS API per node, the
         control endpoint, and per node a directory laid out like /etc/pve.
         The connection file appears (atomically) only once everything
@@ -34,6 +34,7 @@ import yaml
 from pvesim.cluster import Simulator
 from pvesim.control import ControlServer, SimControl
 from pvesim.faults import FaultInjector
+from pvesim.pmxcfs import EmulatorError, PmxcfsEmulator
 from pvesim.realtime import RealtimeDriver
 from pvesim.scenario import Scenario, load_scenario
 from pvesim.server import ClusterServer
@@ -94,6 +95,36 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+def _put(path: Path, data: bytes, mode: int, on_pmxcfs: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if on_pmxcfs:
+        # pmxcfs fixes modes itself (0600 under priv/, 0640 elsewhere) and
+        # refuses chmod to anything else: write in place.
+        path.write_bytes(data)
+    else:
+        _write_atomic(path, data, mode)
+
+
+def populate_pve_root(
+    root: Path,
+    ca_cert: Path,
+    token_id: str,
+    secret: str,
+    balancer_config: dict[str, Any] | None,
+    on_pmxcfs: bool = False,
+) -> None:
+    """Write what the agent reads from /etc/pve into `root`."""
+    if not on_pmxcfs:
+        (root / "priv").mkdir(parents=True, exist_ok=True)
+        os.chmod(root / "priv", 0o700)
+    _put(root / "pve-root-ca.pem", ca_cert.read_bytes(), 0o644, on_pmxcfs)
+    _put(root / "priv" / "pve-balancer.token", f"{token_id}={secret}\n".encode(), 0o600,
+         on_pmxcfs)
+    if balancer_config is not None:
+        text = yaml.safe_dump(balancer_config, sort_keys=False)
+        _put(root / "balancer.yaml", text.encode(), 0o644, on_pmxcfs)
+
+
 def layout_pve_roots(
     state_dir: Path,
     node_names: list[str],
@@ -102,20 +133,51 @@ def layout_pve_roots(
     secret: str,
     balancer_config: dict[str, Any] | None,
 ) -> dict[str, Path]:
-    """Per node, a directory laid out like that node's /etc/pve."""
+    """Per node, a plain directory laid out like that node's /etc/pve."""
     roots: dict[str, Path] = {}
     for node in node_names:
         root = state_dir / "etc-pve" / node
-        (root / "priv").mkdir(parents=True, exist_ok=True)
-        os.chmod(root / "priv", 0o700)
-        shutil.copyfile(ca_cert, root / "pve-root-ca.pem")
-        token_line = f"{token_id}={secret}\n".encode()
-        _write_atomic(root / "priv" / "pve-balancer.token", token_line, 0o600)
-        if balancer_config is not None:
-            text = yaml.safe_dump(balancer_config, sort_keys=False)
-            _write_atomic(root / "balancer.yaml", text.encode(), 0o644)
+        populate_pve_root(root, ca_cert, token_id, secret, balancer_config)
         roots[node] = root
     return roots
+
+
+class QuorumMirror:
+    """Keeps the pmxcfs emulator's per-node quorum equal to the simulated
+    cluster's (a cut or powered-off node loses quorum in both)."""
+
+    def __init__(self, sim: Simulator, emulator: PmxcfsEmulator, interval: float = 0.2) -> None:
+        self.sim = sim
+        self.emulator = emulator
+        self.interval = interval
+        self._known: dict[str, bool] = {n: True for n in sim.node_names}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pvesim-quorum", daemon=True)
+
+    def sync(self) -> None:
+        with self.sim.lock:
+            now = {n: bool(self.sim.quorate(n)) for n in self.sim.node_names}
+        for node, quorate in now.items():
+            if self._known.get(node) != quorate:
+                self.emulator.set_quorate(node, quorate)
+                self._known[node] = quorate
+                log.info("pmxcfs: %s %s quorum", node, "regained" if quorate else "lost")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+            except EmulatorError as exc:
+                log.error("pmxcfs quorum update failed: %s", exc)
+
+    def start(self) -> None:
+        self.sync()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 def _plot_writer(plot: str | None) -> Any:
@@ -169,12 +231,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     servers: ClusterServer | None = None
     control_server: ControlServer | None = None
     driver: RealtimeDriver | None = None
+    emulator: PmxcfsEmulator | None = None
+    mirror: QuorumMirror | None = None
     try:
         pki = ensure_pki(state_dir / "pki", node_names)
-        roots = layout_pve_roots(
-            state_dir, node_names, pki.ca_cert_path, AGENT_TOKEN, tokens[AGENT_TOKEN],
-            balancer_config,
-        )
+        if args.pmxcfs:
+            emulator = PmxcfsEmulator(
+                state_dir / "pmxcfs", node_names, cluster_name=sim.cluster_name,
+                log_path=state_dir / "pmxcfs.log",
+            )
+            try:
+                emulator.start()
+            except EmulatorError as exc:
+                raise UsageError(f"--pmxcfs: {exc}") from exc
+            roots = dict(emulator.mounts)
+            # one shared tree: written once, visible on every node's mount
+            populate_pve_root(
+                roots[node_names[0]], pki.ca_cert_path, AGENT_TOKEN, tokens[AGENT_TOKEN],
+                balancer_config, on_pmxcfs=True,
+            )
+            mirror = QuorumMirror(sim, emulator)
+            mirror.start()
+        else:
+            roots = layout_pve_roots(
+                state_dir, node_names, pki.ca_cert_path, AGENT_TOKEN, tokens[AGENT_TOKEN],
+                balancer_config,
+            )
         injector = FaultInjector(sim, seed=args.seed)
         servers = ClusterServer(injector, pki, node_names, reachable=sim.node_reachable)
         driver = RealtimeDriver(sim, speed=args.speed)
@@ -196,6 +278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "control_url": control_server.url,
             "control_token": control_token,
             "state_dir": str(state_dir),
+            "pmxcfs": bool(args.pmxcfs),
             "speed": args.speed,
             "seed": args.seed,
             "pid": os.getpid(),
@@ -218,6 +301,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             servers.stop()
         if control_server is not None:
             control_server.stop()
+        if mirror is not None:
+            mirror.stop()
+        if emulator is not None:
+            emulator.stop()
         metrics_out = Path(args.metrics_out) if args.metrics_out else None
         plot = Path(args.plot) if args.plot else None
         _write_metrics(sim, metrics_out, plot, write_png)
@@ -262,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="keep PKI and /etc/pve trees here (default: temp)")
     serve.add_argument("--metrics-out", help="write metrics JSON here on exit")
     serve.add_argument("--plot", help="write a PNG plot here on exit")
+    serve.add_argument(
+        "--pmxcfs", action="store_true",
+        help="mount the pmxcfs emulator (FUSE, root) as each node's /etc/pve",
+    )
     serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("run", help="stepped run without agents")
