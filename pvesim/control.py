@@ -237,8 +237,13 @@ class _ControlHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _serve(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            self.close_connection = True
+            self._reply(400, {"error": "invalid Content-Length"})
+            return
+        raw = self.rfile.read(length) if length > 0 else b""
         auth = self.headers.get("authorization", "")
         expected = f"Bearer {self.server.token}"
         if not hmac.compare_digest(auth.encode(), expected.encode()):
