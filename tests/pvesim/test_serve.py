@@ -246,3 +246,28 @@ def test_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
         start_lab(tmp_path, bad)
     assert "nodes" in (tmp_path / "serve.log").read_text()
     assert not (tmp_path / "connection.json").exists()
+
+
+def test_control_clock_and_routing_errors(lab: Lab) -> None:
+    ctl = ControlClient.from_connection(lab.conn)
+    ctl.call("POST", "/speed", {"speed": 2})
+    assert ctl.state()["speed"] == 2
+    ctl.call("POST", "/speed", {"speed": 4})
+    for method, path, body, status in [
+        ("POST", "/speed", {"speed": 0}, 400),
+        ("POST", "/speed", {"speed": "fast"}, 400),
+        ("POST", "/nodes/pve1/power", {"on": "yes"}, 400),
+        ("GET", "/advance", None, 405),
+        ("GET", "/nothing-here", None, 404),
+    ]:
+        with pytest.raises(ControlError) as err:
+            ctl.call(method, path, body)
+        assert err.value.status == status, (method, path)
+    ctl.call("POST", "/pause")
+    try:
+        assert ctl.state()["paused"] is True
+        frozen = ctl.state()["now"]
+        assert ctl.advance(5) == pytest.approx(frozen + 5)  # stepping works while paused
+    finally:
+        ctl.call("POST", "/resume")
+    assert ctl.state()["paused"] is False

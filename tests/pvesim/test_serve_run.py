@@ -123,7 +123,7 @@ def test_sim_control_python_api() -> None:
     }))
     ctl = SimControl(sim, FaultInjector(sim))
     t0 = ctl.state()["now"]
-    assert ctl.advance(60) == t0 + 60
+    assert ctl.advance(60) == pytest.approx(t0 + 60)
     ctl.network("pve2", up=False)
     assert ctl.state()["nodes"]["pve2"] == {"reachable": False}
     ctl.network("pve2", up=True)
