@@ -47,6 +47,7 @@ from pvesim.traces import Trace, available_vms, load_traces
 
 HZ = 100  # kernel clock ticks per second (pstart is in ticks since boot)
 MAX_HA_WORKERS = 4  # PVE's LRM max_workers default
+HA_ROUND = 10.0  # CRM round
 ROOT = "root@pam"
 
 DEFAULT_TOKENS: dict[str, set[str]] = {
@@ -129,6 +130,8 @@ class Simulator:
         self._self_fence_at: dict[str, float] = {}
         self._ha_home: dict[int, str] = {}  # guest moved away by maintenance → its home
         self._force_fail: dict[int, str] = {}
+        self._ha_round = self.now + HA_ROUND
+        self._imbalance_rounds = 0
         self._events = sorted(scenario.events, key=lambda e: e.at)
         self._event_i = 0
         self._build_nodes()
@@ -392,6 +395,8 @@ class Simulator:
         cands.extend(r.current_end for r in self._backup_runs)
         cands.extend(self._recover_at.values())
         cands.extend(self._self_fence_at.values())
+        if self._auto_rebalance_on():
+            cands.append(self._ha_round)
         if self._event_i < len(self._events):
             cands.append(self.start_time + self._events[self._event_i].at)
         later = [c for c in cands if c > self.now + 1e-9]
@@ -419,6 +424,10 @@ class Simulator:
             if at <= t + eps:
                 del self._recover_at[vmid]
                 self._recover(vmid)
+        if self._ha_round <= t + eps:
+            self._ha_round = t + HA_ROUND
+            if self._auto_rebalance_on():
+                self._crs_rebalance()
         if self.pending_ha:
             self._run_pending_ha(t)
         for job in self.backup_jobs:
@@ -814,6 +823,88 @@ class Simulator:
                 g.node = p.target
                 self._by_node = None
         self.pending_ha = still
+
+    def _crs(self) -> dict[str, Any]:
+        crs = self.options.get("crs")
+        return crs if isinstance(crs, dict) else {}
+
+    def _auto_rebalance_on(self) -> bool:
+        return str(self._crs().get("ha-auto-rebalance", 0)) in ("1", "True", "true")
+
+    def _node_loads(self, shift: tuple[Guest, str, str] | None = None) -> dict[str, float]:
+        """CRS view of node load: mean of published CPU and memory fraction;
+        `shift` = (guest, from, to) estimates a move."""
+        loads: dict[str, float] = {}
+        for n in self.nodes.values():
+            if not n.reachable or n.maintenance:
+                continue
+            cpu = n.pub_cpu * n.cores
+            mem = float(n.pub_mem)
+            if shift is not None:
+                g, src, dst = shift
+                gc = g.pub_cpu * g.vcpus
+                if n.name == src:
+                    cpu, mem = cpu - gc, mem - g.pub_memhost
+                elif n.name == dst:
+                    cpu, mem = cpu + gc, mem + g.pub_memhost
+            loads[n.name] = (cpu / n.cores + mem / n.memory) / 2
+        return loads
+
+    @staticmethod
+    def _imbalance(loads: dict[str, float]) -> float:
+        vals = list(loads.values())
+        if len(vals) < 2:
+            return 0.0
+        mean = sum(vals) / len(vals)
+        if mean <= 0:
+            return 0.0
+        var = sum((v - mean) ** 2 for v in vals) / len(vals)
+        return float(var**0.5 / mean)
+
+    def _crs_rebalance(self) -> None:
+        """A simple model of PVE 9.1's `ha-auto-rebalance`: when the node
+        imbalance (coefficient of variation of the CRS load) stays above
+        the threshold for `hold-duration` rounds, move the one HA guest whose
+        move lowers it most, if it improves by at least `margin` (relative)."""
+        crs = self._crs()
+        threshold = float(crs.get("ha-auto-rebalance-threshold", 0.3))
+        hold = float(crs.get("ha-auto-rebalance-hold-duration", 3))
+        margin = float(crs.get("ha-auto-rebalance-margin", 0.1))
+        loads = self._node_loads()
+        now_imb = self._imbalance(loads)
+        if now_imb <= threshold:
+            self._imbalance_rounds = 0
+            return
+        self._imbalance_rounds += 1
+        busy = any(self.guests[v].ha for v in self.migrations) or any(
+            p.reason == "rebalance" for p in self.pending_ha
+        )
+        if self._imbalance_rounds < hold or busy:
+            return
+        best: tuple[float, int, str] | None = None
+        for g in sorted(self.guests.values(), key=lambda x: x.vmid):
+            if not g.ha or not g.running or g.lock or g.node not in loads:
+                continue
+            for dst in loads:
+                if dst == g.node or self.blocking_ha(g, dst):
+                    continue
+                if any(
+                    not r.disable
+                    and r.type == "node-affinity"
+                    and r.strict
+                    and g.sid in r.resources
+                    and dst not in r.node_names()
+                    for r in self.rules
+                ):
+                    continue
+                imb = self._imbalance(self._node_loads((g, g.node, dst)))
+                if best is None or imb < best[0]:
+                    best = (imb, g.vmid, dst)
+        if best is not None and (now_imb - best[0]) / now_imb >= margin:
+            self.pending_ha.append(
+                PendingHaMigration(best[1], best[2], self.now + self.params.ha_delay, "rebalance")
+            )
+            self._imbalance_rounds = 0
 
     def ha_state(self, g: Guest) -> str:
         if not g.ha:

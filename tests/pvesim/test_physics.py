@@ -223,3 +223,27 @@ def test_stepping_is_independent_of_slicing() -> None:
     assert ma["node_seconds_above_cpu_max"] > 0
     for key in ("cpu_starvation_core_seconds", "node_seconds_above_cpu_max", "peak_node_cpu"):
         assert ma[key] == pytest.approx(mb[key], rel=1e-6), key
+
+
+def test_pve_auto_rebalance_moves_ha_guests_only_when_enabled() -> None:
+    def run(enabled: int) -> list[tuple[int, str]]:
+        sim = from_dict(
+            {
+                "nodes": [
+                    {"name": "pve1", "cores": 8, "memory": "32GiB"},
+                    {"name": "pve2", "cores": 8, "memory": "32GiB"},
+                ],
+                "guests": [
+                    {"vmid": 101, "node": "pve1", "ha": True, "demand": {"cpu": 2, "mem": "8GiB"}},
+                    {"vmid": 102, "node": "pve1", "ha": True, "demand": {"cpu": 2, "mem": "8GiB"}},
+                    {"vmid": 103, "node": "pve1", "demand": {"cpu": 2, "mem": "8GiB"}},
+                ],
+                "options": {"crs": {"ha": "dynamic", "ha-auto-rebalance": enabled}},
+            }
+        )
+        sim.advance(300)
+        return [(m.vmid, m.user) for m in sim.metrics.migrations if m.ok]
+
+    moved = run(1)
+    assert len(moved) == 1 and moved[0][0] in (101, 102) and moved[0][1] == "root@pam"
+    assert run(0) == []
