@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import requests
 
 from pvesim.faults import FaultInjector
+from pvesim.server import ClusterServer
+from pvesim.tls import ensure_pki
 from pvesim.transport import BadRequestError, attach, parse_api_request
 from tests.pvesim.conftest import StubCluster, proxmox_client
 
@@ -115,3 +118,25 @@ def test_unreachability_is_seen_through_the_fault_injector(stub: StubCluster) ->
 def test_attach_rejects_non_proxmoxer_objects(stub: StubCluster) -> None:
     with pytest.raises(TypeError, match="ProxmoxAPI"):
         attach(object(), stub, "pve1")
+
+
+def test_https_reads_query_form_and_json_like_in_process(
+    stub: StubCluster, tmp_path: Path
+) -> None:
+    pki = ensure_pki(tmp_path, ["pve1", "pve2"])
+    auth = {"Authorization": "PVEAPIToken=root@pam!admin=s3cret"}
+    with ClusterServer(stub, pki, ["pve1", "pve2"]) as servers:
+        base = servers.urls()["pve2"] + "/api2/json/echo"
+        ca = str(pki.ca_cert_path)
+        form = requests.post(base + "?a=1", data={"b": "2", "c": ["x", "y"]}, headers=auth,
+                             verify=ca, timeout=5).json()["data"]
+        body = requests.put(base, json={"online": True, "n": 3}, headers=auth, verify=ca,
+                            timeout=5).json()["data"]
+        get = requests.get(base + "/", params={"type": "vm"}, headers=auth, verify=ca,
+                           timeout=5).json()["data"]
+        missing = requests.get(servers.urls()["pve1"] + "/index.html", verify=ca, timeout=5)
+    assert form == {"method": "POST", "params": {"a": "1", "b": "2", "c": "x\0y"},
+                    "served_by": "pve2"}
+    assert body == {"method": "PUT", "params": {"online": "1", "n": "3"}, "served_by": "pve2"}
+    assert get == {"method": "GET", "params": {"type": "vm"}, "served_by": "pve2"}
+    assert missing.status_code == 404
