@@ -5,7 +5,8 @@ VM every ~300 s for a month), sorted by VM. A scenario needs a hundred VMs at
 most, so the loader decompresses once, finds each wanted VM's contiguous block
 by byte search and parses only those lines. Parsed traces are cached per
 process (keyed by file and VM), so several simulators in one test run pay the
-cost once.
+cost once, and on disk ($PVESIM_CACHE_DIR, default ~/.cache/pvesim; "off"
+disables it), so later processes skip the parse.
 
 Conventions (from the trace README):
 - CPU demand in cores = cpu_usage_mhz / (cpu_capacity_mhz / cpu_cores).
@@ -15,6 +16,7 @@ Conventions (from the trace README):
 from __future__ import annotations
 
 import gzip
+import marshal
 import os
 import threading
 import time
@@ -24,6 +26,8 @@ from pathlib import Path
 
 TRACE_FILE_NAME = "bitbrains-rnd-2013-08-vm001-200.csv.gz"
 TRACE_ENV = "PVESIM_TRACE_FILE"
+CACHE_ENV = "PVESIM_CACHE_DIR"  # where parsed traces are kept; "off" disables
+CACHE_VERSION = 1
 
 
 class TraceError(ValueError):
@@ -82,6 +86,51 @@ def default_trace_file() -> Path:
     return repo.parent / "shared" / "traces" / TRACE_FILE_NAME
 
 
+def _cache_dir(path: Path) -> Path | None:
+    """Per-trace-file cache directory, keyed by the file's name, size and
+    mtime so a changed file is never served stale."""
+    base = os.environ.get(CACHE_ENV)
+    if base == "off":
+        return None
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = str(Path(xdg) / "pvesim")
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return Path(base) / f"v{CACHE_VERSION}-{path.name}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _cache_read(path: Path, vm: int) -> Trace | None:
+    d = _cache_dir(path)
+    if d is None:
+        return None
+    try:
+        raw = (d / f"{vm}.marshal").read_bytes()
+        t, c, m, vcpus, cap = marshal.loads(raw)
+        return Trace(vm, tuple(t), tuple(c), tuple(m), int(vcpus), int(cap))
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+
+
+def _cache_write(path: Path, trace: Trace) -> None:
+    d = _cache_dir(path)
+    if d is None:
+        return
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{trace.vm}.{os.getpid()}.tmp"
+        tmp.write_bytes(
+            marshal.dumps(
+                (trace.times, trace.cpu_cores, trace.mem_bytes, trace.vcpus, trace.mem_capacity)
+            )
+        )
+        tmp.replace(d / f"{trace.vm}.marshal")
+    except OSError:
+        pass  # a cache is an optimisation only
+
+
 def available_vms(path: Path | None = None) -> list[int]:
     """VM numbers present in the file (1..200 for the shipped trace), cached."""
     path = path or default_trace_file()
@@ -117,10 +166,19 @@ def load_traces(vms: list[int], path: Path | None = None) -> dict[int, Trace]:
     path = path or default_trace_file()
     out: dict[int, Trace] = {}
     missing = [vm for vm in vms if (str(path), vm) not in _cache]
-    if missing:
+    unparsed = []
+    for vm in missing:
+        cached = _cache_read(path, vm)
+        if cached is None:
+            unparsed.append(vm)
+        else:
+            with _lock:
+                _cache[(str(path), vm)] = cached
+    if unparsed:
         data = _raw(path)
-        for vm in missing:
+        for vm in unparsed:
             trace = _parse_vm(data, vm, path)
+            _cache_write(path, trace)
             with _lock:
                 _cache[(str(path), vm)] = trace
     for vm in vms:

@@ -47,3 +47,19 @@ def test_bitbrains_day_is_deterministic_per_seed() -> None:
     assert a == b
     assert a != c
     assert a["simulated_seconds"] == 86400
+
+
+@needs_traces
+def test_disk_cache_returns_identical_traces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pvesim import traces
+
+    monkeypatch.setenv("PVESIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(traces, "_cache", {})
+    parsed = load_traces([3, 5])
+    files = sorted(p.name for p in tmp_path.rglob("*.marshal"))
+    assert files == ["3.marshal", "5.marshal"]
+    monkeypatch.setattr(traces, "_cache", {})
+    monkeypatch.setattr(traces, "_parse_vm", None)  # must not parse again
+    assert load_traces([3, 5]) == parsed
