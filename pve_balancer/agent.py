@@ -364,7 +364,8 @@ class Agent:
             m = decision.migration
             if m is None:
                 return decision
-            if m.source not in seeded:
+            if m.mode is Mode.CPU and m.source not in seeded:
+                # Only CPU decisions rest on guest EMAs (busiest kept, share moved).
                 seeded.add(m.source)
                 if self._seed_candidates(client, snapshot, m.source, now):
                     continue

@@ -48,6 +48,16 @@ class InFlight:
     unconfirmed: bool = False  # the POST's answer was lost: no UPID known
 
     @property
+    def api_started(self) -> float | None:
+        """Start of our task by the API's clock (from the UPID), so tasks in
+        `/cluster/tasks` are compared on one clock, never with ours."""
+        parts = self.upid.split(":")
+        try:
+            return float(int(parts[4], 16))
+        except (IndexError, ValueError):
+            return None
+
+    @property
     def watch_upid(self) -> str | None:
         """The task whose status to read this cycle (None: watch the guest)."""
         if self.real_upid is not None:
@@ -115,8 +125,11 @@ def _watch_guest(flight: InFlight, snapshot: Snapshot, tasks: Sequence[Task],
     """HA case after the request was handed over: find the real move."""
     elapsed = now - flight.started
     vmid = str(flight.vmid)
+    anchor = flight.api_started
+    # Without an anchor (the POST's answer was lost) only a running task of
+    # the guest can be ours; finished ones could be anybody's, from any time.
     mine = [t for t in tasks if t.kind == "qmigrate" and t.vmid == vmid
-            and t.starttime >= flight.started - 5.0]
+            and (t.running if anchor is None else t.starttime >= anchor - 1.0)]
     running = [t for t in mine if t.running]
     if running:
         flight.real_upid = running[0].upid

@@ -42,6 +42,9 @@ MIGRATION_TASK_TYPES = frozenset({"qmigrate", "hamigrate", "vzmigrate"})
 RRD_WINDOW = 120.0
 """Seconds of RRD history used to warm an EMA (the last minute-average
 points; the newest one may still be incomplete)."""
+RRD_MAX_AGE = 600.0
+"""An RRD series whose newest point is further than this from the agent's
+clock is not used for warm-up."""
 
 
 class PveError(Exception):
@@ -368,17 +371,27 @@ def next_backup_start(jobs: Iterable[BackupJob], now: float) -> float | None:
 
 def parse_rrd_cpu(data: object, now: float, window: float = RRD_WINDOW,
                   what: str = "rrddata") -> list[tuple[float, float]]:
-    """(time, cpu) points of the last `window` seconds, oldest first,
-    skipping points without a CPU value (PVE leaves gaps)."""
+    """(time, cpu) points of the last `window` seconds of the series (by the
+    newest point's time), oldest first, skipping points without a CPU value
+    (PVE leaves gaps). A series whose newest point is more than
+    `RRD_MAX_AGE` away from `now` is stale (node was down) or from a skewed
+    clock, and is not used."""
     points: list[tuple[float, float]] = []
     for entry in _items(data, what):
         t = entry.get("time")
         cpu = entry.get("cpu")
         if not isinstance(t, int | float) or not isinstance(cpu, int | float):
             continue
-        if now - window <= float(t) <= now + 60:
+        if math.isfinite(float(t)) and math.isfinite(float(cpu)):
             points.append((float(t), float(cpu)))
-    return sorted(points)
+    if not points:
+        return []
+    points.sort()
+    newest = points[-1][0]
+    if abs(now - newest) > RRD_MAX_AGE:
+        log.info("%s: newest point is %.0f s from our clock; not used", what, now - newest)
+        return []
+    return [p for p in points if p[0] >= newest - window]
 
 
 @dataclass(frozen=True)

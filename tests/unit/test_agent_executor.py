@@ -9,6 +9,7 @@ from pve_balancer.pve import Task
 UPID = "UPID:pve1:00001234:00ABCDEF:6745A0F0:qmigrate:101:pve-balancer@pve!agent:"
 HA_UPID = "UPID:pve1:00001235:00ABCDEF:6745A0F0:hamigrate:101:pve-balancer@pve!agent:"
 REAL = "UPID:pve1:00001236:00ABCDEF:6745A0F8:qmigrate:101:root@pam:"
+API_T0 = float(0x6745A0F0)  # the API's clock at the POST (from the UPIDs)
 
 
 def flight(ha: bool = False) -> InFlight:
@@ -22,7 +23,7 @@ def snapshot(node: str = "pve1", lock: str | None = None) -> Snapshot:
     return Snapshot(time=0.0, nodes=nodes, guests=(guest,))
 
 
-def task(upid: str, running: bool, status: str | None = None, start: float = 1000.0) -> Task:
+def task(upid: str, running: bool, status: str | None = None, start: float = API_T0) -> Task:
     kind = upid.split(":")[5]
     return Task(upid=upid, node="pve1", kind=kind, vmid="101", running=running,
                 exitstatus=status, starttime=start)
@@ -66,9 +67,9 @@ def test_ha_request_ending_at_once_is_not_the_end_of_the_move() -> None:
     assert not p.done and f.handed_over and f.watch_upid is None
     assert "waiting for the HA manager" in p.sentence
     # the real qmigrate shows up in /cluster/tasks
-    p = step(f, None, None, snapshot(lock="migrate"), (task(REAL, True, start=1006.0),), 1010.0)
+    p = step(f, None, None, snapshot(lock="migrate"), (task(REAL, True, start=API_T0 + 6),), 1010.0)
     assert not p.done and f.real_upid == REAL and f.watch_upid == REAL
-    p = step(f, task(REAL, False, "OK", 1006.0), None, snapshot("pve2"), (), 1040.0)
+    p = step(f, task(REAL, False, "OK", API_T0 + 6), None, snapshot("pve2"), (), 1040.0)
     assert p.done and p.ok and "via HA" in p.sentence
 
 
@@ -82,7 +83,7 @@ def test_ha_move_seen_only_by_the_guest_location() -> None:
 def test_ha_real_task_failed_between_cycles() -> None:
     f = flight(ha=True)
     step(f, task(HA_UPID, False, "OK"), None, snapshot(), (), 1001.0)
-    done = task(REAL, False, "migration problems", start=1006.0)
+    done = task(REAL, False, "migration problems", start=API_T0 + 6)
     p = step(f, None, None, snapshot(), (done,), 1030.0)
     assert p.done and not p.ok and "migration problems" in p.sentence
 
@@ -99,7 +100,7 @@ def test_ha_request_never_acted_on_times_out() -> None:
 def test_old_migration_tasks_of_the_same_guest_are_ignored() -> None:
     f = flight(ha=True)
     step(f, task(HA_UPID, False, "OK"), None, snapshot(), (), 1001.0)
-    old = task(REAL, False, "migration aborted", start=500.0)
+    old = task(REAL, False, "migration aborted", start=API_T0 - 500)
     p = step(f, None, None, snapshot(), (old,), 1010.0)
     assert not p.done
 
@@ -108,3 +109,22 @@ def test_failed_ha_request() -> None:
     p = step(flight(ha=True), task(HA_UPID, False, "service 'vm:101' not in started state"),
              None, snapshot(), (), 1001.0)
     assert p.done and not p.ok and "HA migration request" in p.sentence
+
+
+def test_unconfirmed_post_follows_only_a_running_task() -> None:
+    f = InFlight(vmid=101, name="web1", source="pve1", target="pve2", mode=Mode.CPU,
+                 upid="", ha=False, started=1000.0, handed_over=True, unconfirmed=True)
+    old = task(REAL, False, "migration aborted", start=API_T0 - 500)
+    p = step(f, None, None, snapshot(), (old,), 1005.0)
+    assert not p.done and "answer was lost" in p.sentence
+    p = step(f, None, None, snapshot(lock="migrate"), (task(REAL, True),), 1010.0)
+    assert not p.done and f.real_upid == REAL
+    p = step(f, task(REAL, False, "OK"), None, snapshot("pve2"), (), 1030.0)
+    assert p.done and p.ok
+
+
+def test_unconfirmed_post_that_never_started() -> None:
+    f = InFlight(vmid=101, name="web1", source="pve1", target="pve2", mode=Mode.CPU,
+                 upid="", ha=False, started=1000.0, handed_over=True, unconfirmed=True)
+    p = step(f, None, None, snapshot(), (), 1040.0)
+    assert p.done and not p.ok and "did not start" in p.sentence

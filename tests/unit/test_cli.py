@@ -142,11 +142,12 @@ SCENARIO = {
 @pytest.fixture
 def served(tmp_path: Path) -> Any:
     scenario = tmp_path / "scenario.yaml"
-    scenario.write_text(yaml.safe_dump(SCENARIO))
+    # Real time from now on: the API's clock is the agent's, as on a node.
+    scenario.write_text(yaml.safe_dump({**SCENARIO, "start_time": int(time.time())}))
     conn = tmp_path / "conn.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pvesim", "serve", "--scenario", str(scenario),
-         "--connection-file", str(conn), "--speed", "10", "--state-dir", str(tmp_path / "state")],
+         "--connection-file", str(conn), "--speed", "1", "--state-dir", str(tmp_path / "state")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -186,6 +187,7 @@ def test_plan_json_against_pvesim_serve_over_https(served: dict[str, Any]) -> No
     assert decision["thresholds"]["memory_max"] == 0.8
     assert {n["name"] for n in doc["nodes"]} == {"pve1", "pve2", "pve3"}
     assert all(n["cpu_ema"] is not None for n in doc["nodes"])
+    assert doc["cpu_ready"] is True, "EMAs warmed from the RRD history"
     assert "above memory_max" in decision["reason"]
     # and the human form
     text = subprocess.run(
@@ -195,6 +197,7 @@ def test_plan_json_against_pvesim_serve_over_https(served: dict[str, Any]) -> No
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("decision: pve1 above memory_max")
     assert "migration: vm " in text.stdout and "NODE" in text.stdout
+    assert "not warmed" not in text.stdout
 
 
 def test_plan_refuses_a_wrong_ca(served: dict[str, Any], tmp_path: Path,

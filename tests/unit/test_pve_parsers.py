@@ -179,6 +179,13 @@ def test_rrd_points_of_the_last_minutes_only() -> None:
     assert pve.parse_rrd_cpu(data, now) == [(9_900.0, 0.5), (9_960.0, 0.6)]
 
 
+def test_stale_or_skewed_rrd_is_not_used() -> None:
+    data = [{"time": 5_000, "cpu": 0.9}, {"time": 5_060, "cpu": 0.8}]
+    assert pve.parse_rrd_cpu(data, 5_100.0) == [(5_000.0, 0.9), (5_060.0, 0.8)]
+    assert pve.parse_rrd_cpu(data, 5_060.0 + pve.RRD_MAX_AGE + 1) == []
+    assert pve.parse_rrd_cpu(data, 5_060.0 - pve.RRD_MAX_AGE - 1) == []
+
+
 def test_major_version() -> None:
     assert pve.parse_major_version({"release": "9.1", "version": "9.1.2",
                                     "repoid": "abcdef12"}) == 9
