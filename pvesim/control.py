@@ -26,11 +26,13 @@ Endpoints (JSON in, `{"data": ...}` out; errors `{"error": "..."}` with 4xx):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import json
 import logging
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -294,6 +296,12 @@ class ControlServer(ThreadingHTTPServer):
         self.routes = _routes()
         self._thread: threading.Thread | None = None
         super().__init__(("127.0.0.1", port), _ControlHandler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, addr = super().get_request()
+        with contextlib.suppress(OSError):  # no Nagle delay between headers and body
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, addr
 
     @property
     def url(self) -> str:
