@@ -264,10 +264,11 @@ class Agent:
         if config is None:
             self.last_level = logging.WARNING
             return f"{prefix}passive: no valid configuration in {self.config_source.path}"
-        sentence = self._lead(now, config)
+        sentence = prefix + self._lead(now, config)
         if self.status is not None:
+            self.status.note(sentence)
             self.status.maybe_write(now)
-        return prefix + sentence
+        return sentence
 
     def _start_term(self, now: float) -> None:
         self._leading = True
@@ -516,7 +517,7 @@ class Agent:
                             cpu=n.cpu, mem=n.mem, maxmem=n.maxmem, maintenance=n.maintenance)
                  for n in snapshot.nodes]
         thresholds = {"cpu_max": config.cpu_max, "memory_max": config.memory_max}
-        self.status.update(nodes, thresholds, self.last_sentence)
+        self.status.update(nodes, thresholds)
 
     # ------------------------------------------------------------ plan
 

@@ -92,10 +92,15 @@ class StatusWriter:
         self._dirty = True
 
     def update(self, nodes: Sequence[NodeRecord], thresholds: Mapping[str, float],
-               last_action: str) -> None:
+               last_action: str | None = None) -> None:
         """Latest view; does not by itself make a write due."""
         self._nodes = tuple(nodes)
         self._thresholds = dict(thresholds)
+        if last_action is not None:
+            self._last_action = last_action
+
+    def note(self, last_action: str) -> None:
+        """This cycle's sentence (shown by `status`; no write by itself)."""
         self._last_action = last_action
 
     def document(self, now: float) -> dict[str, Any]:

@@ -245,6 +245,8 @@ def test_leader_publishes_status_at_a_modest_rate(tmp_path: Any) -> None:
     doc = json.loads((tmp_path / "pve-balancer" / "status.json").read_text())
     assert doc["leader"] == "pve1"
     assert [d["result"] for d in doc["decisions"]] == ["started", "ok"]
+    written_at = [s for t, s in lab.sentences if t == doc["updated"]]
+    assert written_at == [doc["last_action"]], "the file shows the cycle that wrote it"
     assert {n["name"] for n in doc["nodes"]} == {"pve1", "pve2", "pve3"}
 
 
