@@ -104,6 +104,8 @@ def test_migration_followed_by_upid_to_ok(lab: Lab) -> None:
         assert upid.startswith("UPID:pve1:") and ":qmigrate:100:" in upid
         assert api.nodes("pve1").tasks(upid).status.get()["status"] == "running"
         assert api.nodes("pve1").qemu(100).config.get()["lock"] == "migrate"
+        during = {i["vmid"]: i for i in api.cluster.resources.get(type="vm")}
+        assert (during[100]["node"], during[100].get("lock")) == ("pve1", "migrate")
         running = [t for t in api.cluster.tasks.get() if t["upid"] == upid]
         assert running and "endtime" not in running[0]
     finally:
@@ -122,6 +124,7 @@ def test_migration_followed_by_upid_to_ok(lab: Lab) -> None:
     assert set(seen_lock) <= {"migrate"}
     moved = {i["vmid"]: i for i in api.cluster.resources.get(type="vm")}
     assert moved[100]["node"] == "pve3"
+    assert "lock" not in moved[100]
     assert "lock" not in api.nodes("pve3").qemu(100).config.get()
     done = [t for t in api.cluster.tasks.get() if t["upid"] == upid]
     assert done and done[0]["status"] == "OK"
