@@ -273,3 +273,19 @@ def test_api_faults_cost_cycles_not_the_agent_nor_extra_migrations() -> None:
     assert any("checking whether it started" in s for s in texts)
     assert any(s.startswith("migrated vm") for s in texts), "and it was followed to its end"
     assert max(lab.agent.estimator.estimates().node_cpu.values()) < 0.8
+
+
+def test_maintenance_node_and_pinned_guests_are_respected() -> None:
+    scenario = cpu_hotspot(ha=True)
+    # Every movable VM on pve1 but vm 104 is pinned by a node-affinity rule;
+    # pve2 is in HA maintenance. The only allowed move: vm 104 to pve3.
+    scenario["ha_rules"] = [{"rule": "pin-pve1", "type": "node-affinity",
+                             "resources": ["vm:102", "vm:103", "vm:105", "vm:106"],
+                             "nodes": ["pve1"]}]
+    lab = make_lab(scenario, warmup=0)
+    lab.sim.set_maintenance("pve2", True)
+    lab.sim.advance(120)
+    lab.run(10 * 60)
+    paths = [p.path for p in lab.migrate_posts()]
+    assert paths == ["/nodes/pve1/qemu/104/migrate"], paths
+    assert lab.node_of(104) == "pve3"
