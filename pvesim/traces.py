@@ -136,6 +136,15 @@ def available_vms(path: Path | None = None) -> list[int]:
     path = path or default_trace_file()
     key = str(path)
     if key not in _vm_list_cache:
+        d = _cache_dir(path)
+        if d is not None:
+            try:
+                _vm_list_cache[key] = [
+                    int(v) for v in marshal.loads((d / "vms.marshal").read_bytes())
+                ]
+                return list(_vm_list_cache[key])
+            except (OSError, ValueError, EOFError, TypeError):
+                pass
         data = _raw(path)
         seen: dict[int, None] = {}
         for line in data.split(b"\n")[1:]:
@@ -143,6 +152,14 @@ def available_vms(path: Path | None = None) -> list[int]:
             if comma > 0:
                 seen[int(line[:comma])] = None
         _vm_list_cache[key] = sorted(seen)
+        if d is not None:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                tmp = d / f".vms.{os.getpid()}.tmp"
+                tmp.write_bytes(marshal.dumps(_vm_list_cache[key]))
+                tmp.replace(d / "vms.marshal")
+            except OSError:
+                pass
     return list(_vm_list_cache[key])
 
 
