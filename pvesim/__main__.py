@@ -305,11 +305,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             mirror.stop()
         if emulator is not None:
             emulator.stop()
-        metrics_out = Path(args.metrics_out) if args.metrics_out else None
-        plot = Path(args.plot) if args.plot else None
-        _write_metrics(sim, metrics_out, plot, write_png)
-        if own_state_dir:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        try:
+            metrics_out = Path(args.metrics_out) if args.metrics_out else None
+            plot = Path(args.plot) if args.plot else None
+            _write_metrics(sim, metrics_out, plot, write_png)
+        finally:
+            if own_state_dir:
+                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

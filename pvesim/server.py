@@ -247,6 +247,9 @@ class NodeServer:
         )
         self._thread.start()
 
+    def begin_stop(self) -> None:
+        self._httpd.stopping.set()
+
     def stop(self) -> None:
         self._httpd.stopping.set()
         if self._thread is not None:
@@ -285,6 +288,9 @@ class ClusterServer:
             server.start()
 
     def stop(self) -> None:
+        # Tell every listener first, so held connections of all nodes end together.
+        for server in self.nodes.values():
+            server.begin_stop()
         for server in self.nodes.values():
             server.stop()
 
