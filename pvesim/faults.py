@@ -180,6 +180,19 @@ class Fault:
         if "kind" not in data:
             raise ValueError("fault: 'kind' is required")
         args = dict(data)
+        kinds: dict[str, tuple[type, ...]] = {
+            "kind": (str,), "method": (str,), "path": (str,), "path_regex": (str, type(None)),
+            "node": (str, type(None)), "count": (int, type(None)),
+            "probability": (int, float), "seconds": (int, float, type(None)),
+            "status": (int,), "message": (str,), "executed": (bool,),
+            "fields": (list, tuple, str),
+        }
+        for key, value in args.items():
+            allowed = kinds[key]
+            wrong_bool = isinstance(value, bool) and bool not in allowed
+            if wrong_bool or not isinstance(value, allowed):
+                names = "/".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ValueError(f"fault {key}: expected {names}, got {value!r}")
         if "fields" in args:
             fields_value = args["fields"]
             if isinstance(fields_value, str):

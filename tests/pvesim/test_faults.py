@@ -231,6 +231,9 @@ def test_method_filter_and_fault_listing(api: Any, injector: FaultInjector) -> N
         ({"kind": "latency", "path_regex": "("}, "path_regex"),
         ({"kind": "latency", "colour": "red"}, "unknown key"),
         ({"path": "/x"}, "'kind' is required"),
+        ({"kind": "timeout", "count": "3"}, "fault count: expected int/null, got '3'"),
+        ({"kind": "latency", "seconds": True}, "fault seconds: expected"),
+        ({"kind": "timeout", "executed": 1}, "fault executed: expected bool"),
     ],
 )
 def test_bad_fault_specs_are_named(spec: dict[str, Any], message: str) -> None:
