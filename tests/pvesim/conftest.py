@@ -5,8 +5,8 @@ shapes, used where a test is about the wire (parsing, TLS, faults,
 transport) and not about cluster behaviour; cluster behaviour is tested
 against the real `pvesim.cluster.Simulator`.
 
-`serve_lab` starts `python -m pvesim serve` as a real subprocess and yields
-its connection file.
+`start_lab` starts `python -m pvesim serve` as a real subprocess and returns
+once its connection file exists.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,20 +148,3 @@ def start_lab(tmp: Path, scenario: Path, *extra: str, wait: float = 60.0) -> Lab
         time.sleep(0.05)
     conn = json.loads(conn_path.read_text())
     return Lab(proc, conn, conn_path, log_path)
-
-
-@pytest.fixture
-def lab_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start labs on demand; every lab still running at the end is stopped."""
-    labs: list[Lab] = []
-
-    def make(scenario: Path, *extra: str) -> Lab:
-        lab = start_lab(tmp_path / f"lab{len(labs)}", scenario, *extra)
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        if lab.proc.poll() is None:
-            lab.proc.kill()
-            lab.proc.wait(timeout=10)
