@@ -528,9 +528,6 @@ class Simulator:
                     mem += host
                     g.rrd.add(t, [c * scale / g.vcpus, gmem, host])
                 node.rrd.add(t, [min(total, node.cores) / node.cores, mem, total])
-        for g in self.guests.values():
-            if isinstance(g.demand, TraceDemand):
-                g.demand._i = 0  # the replay cursor went back in time
 
     def _publish_node(self, node: Node, t: float) -> None:
         """A pvestatd round on `node`: what the API will show until the next."""
