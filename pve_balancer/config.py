@@ -275,7 +275,10 @@ def parse_config(text: str, source: str = "balancer.yaml") -> LoadResult:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = None if mark is None else int(mark.line) + 1
-        what = ", ".join(part for part in (exc.context, exc.problem) if part) or "unreadable"
+        context = exc.context
+        if context and exc.context_mark is not None and exc.context_mark is not mark:
+            context = f"{context} started on line {int(exc.context_mark.line) + 1}"
+        what = ", ".join(part for part in (context, exc.problem) if part) or "unreadable"
         problem(where, None, f"invalid YAML: {what}", True)
         return LoadResult(None, tuple(problems))
     except yaml.YAMLError as exc:
