@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,26 @@ def start_lab(tmp: Path, scenario: Path, *extra: str, wait: float = 60.0) -> Lab
             raise AssertionError(f"pvesim serve exited {proc.returncode}:\n{log_path.read_text()}")
         if time.monotonic() > deadline:
             proc.kill()
+            proc.wait(timeout=10)
             raise AssertionError(f"no connection file after {wait} s:\n{log_path.read_text()}")
         time.sleep(0.05)
     conn = json.loads(conn_path.read_text())
     return Lab(proc, conn, conn_path, log_path)
+
+
+@pytest.fixture
+def spawn_lab() -> Iterator[Any]:
+    """`start_lab`, with every lab still running at teardown killed (so a
+    failing test leaves no server behind)."""
+    labs: list[Lab] = []
+
+    def spawn(tmp: Path, scenario: Path, *extra: str) -> Lab:
+        lab = start_lab(tmp, scenario, *extra)
+        labs.append(lab)
+        return lab
+
+    yield spawn
+    for lab in labs:
+        if lab.proc.poll() is None:
+            lab.proc.kill()
+            lab.proc.wait(timeout=10)

@@ -218,9 +218,9 @@ def _port_closed(url: str) -> bool:
     return False
 
 
-def test_sigterm_stops_cleanly_and_writes_metrics(tmp_path: Path) -> None:
+def test_sigterm_stops_cleanly_and_writes_metrics(tmp_path: Path, spawn_lab: Any) -> None:
     metrics = tmp_path / "out" / "metrics.json"
-    lab = start_lab(tmp_path, write_scenario(tmp_path), "--metrics-out", str(metrics))
+    lab = spawn_lab(tmp_path, write_scenario(tmp_path), "--metrics-out", str(metrics))
     state_dir = Path(lab.conn["state_dir"])
     assert state_dir.is_dir()
     assert lab.client().version.get()["release"]
@@ -232,10 +232,12 @@ def test_sigterm_stops_cleanly_and_writes_metrics(tmp_path: Path) -> None:
     assert lab.conn_path.exists()  # what the user asked for stays
 
 
-def test_sigint_keeps_a_given_state_dir_and_writes_balancer_yaml(tmp_path: Path) -> None:
+def test_sigint_keeps_a_given_state_dir_and_writes_balancer_yaml(
+    tmp_path: Path, spawn_lab: Any
+) -> None:
     state = tmp_path / "state"
     text = SCENARIO + "balancer_config:\n  cpu_max: 0.7\n  dry_run: true\n"
-    lab = start_lab(tmp_path, write_scenario(tmp_path, text), "--state-dir", str(state))
+    lab = spawn_lab(tmp_path, write_scenario(tmp_path, text), "--state-dir", str(state))
     root = Path(lab.conn["nodes"]["pve2"]["pve_root"])
     assert (root / "balancer.yaml").read_text() == "cpu_max: 0.7\ndry_run: true\n"
     assert lab.stop(signal.SIGINT) == 0

@@ -7,12 +7,12 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pvesim.control import ControlClient
 from pvesim.pmxcfs import fuse_available
-from tests.pvesim.conftest import start_lab
 from tests.pvesim.test_serve import SCENARIO, wait_for, write_scenario
 
 pytestmark = pytest.mark.fuse
@@ -22,12 +22,13 @@ def _members(root: Path) -> dict[str, object]:
     return dict(json.loads((root / ".members").read_text()))
 
 
-def test_pve_roots_are_pmxcfs_mounts_with_quorum_mirrored(tmp_path: Path) -> None:
+def test_pve_roots_are_pmxcfs_mounts_with_quorum_mirrored(tmp_path: Path,
+                                                          spawn_lab: Any) -> None:
     reason = fuse_available()
     if reason:
         pytest.fail(f"needs FUSE as root: {reason}", pytrace=False)
     text = SCENARIO + "balancer_config:\n  cpu_max: 0.75\n"
-    lab = start_lab(tmp_path, write_scenario(tmp_path, text), "--pmxcfs",
+    lab = spawn_lab(tmp_path, write_scenario(tmp_path, text), "--pmxcfs",
                     "--state-dir", str(tmp_path / "state"))
     try:
         assert lab.conn["pmxcfs"] is True
