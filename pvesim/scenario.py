@@ -244,6 +244,8 @@ class Scenario:
     cluster_name: str = "pvesim"
     description: str = ""
     trace_file: Path | None = None
+    # the agent's balancer.yaml for this scenario; the simulator ignores it
+    balancer_config: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "scenario") -> Scenario:
@@ -356,6 +358,7 @@ class _Parser:
                 "duration",
                 "cluster_name",
                 "trace_file",
+                "balancer_config",
             },
             "",
         )
@@ -416,6 +419,8 @@ class _Parser:
             duration=self.num(d.get("duration", 3600), "duration", 0),
             cluster_name=self.string(d.get("cluster_name", "pvesim"), "cluster_name"),
         )
+        if d.get("balancer_config") is not None:
+            sc.balancer_config = self.mapping(d["balancer_config"], "balancer_config")
         if d.get("trace_file") is not None:
             tf = Path(self.string(d["trace_file"], "trace_file"))
             if not tf.is_absolute() and self.base is not None:
