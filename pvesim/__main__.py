@@ -2,6 +2,7 @@
 
     serve --scenario FILE --connection-file OUT.json [--speed X] [--seed N]
           [--state-dir DIR] [--metrics-out M.json] [--plot P.png] [--pmxcfs]
+          [--isolated-api timeout|local]
         The whole lab in real time (times --speed): one HTTPS API per node, the
         control endpoint, and per node a directory laid out like /etc/pve.
         The connection file appears (atomically) only once everything
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +208,17 @@ def _write_metrics(
             write_png(sim, plot)
 
 
+def _listener_probe(sim: Simulator, args: argparse.Namespace) -> Callable[[str], bool]:
+    """When a node's listener answers. `timeout` (default): only while the
+    node is powered and networked — seen from the rest of the cluster, an
+    isolated node is silent. `local`: whenever it is powered — the listener
+    is then that node's localhost API, which on PVE keeps answering its own
+    agent after a network cut (with quorum lost, other nodes 596)."""
+    if args.isolated_api == "local":
+        return lambda name: bool(sim.node(name).powered)
+    return sim.node_reachable
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     scenario_path = Path(args.scenario)
     write_png = _plot_writer(args.plot)
@@ -258,7 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 balancer_config,
             )
         injector = FaultInjector(sim, seed=args.seed)
-        servers = ClusterServer(injector, pki, node_names, reachable=sim.node_reachable)
+        servers = ClusterServer(injector, pki, node_names, reachable=_listener_probe(sim, args))
         driver = RealtimeDriver(sim, speed=args.speed)
         control_token = secrets.token_hex(16)
         control_server = ControlServer(SimControl(sim, injector, driver), control_token)
@@ -279,6 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "control_token": control_token,
             "state_dir": str(state_dir),
             "pmxcfs": bool(args.pmxcfs),
+            "isolated_api": args.isolated_api,
             "speed": args.speed,
             "seed": args.seed,
             "pid": os.getpid(),
@@ -351,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="keep PKI and /etc/pve trees here (default: temp)")
     serve.add_argument("--metrics-out", help="write metrics JSON here on exit")
     serve.add_argument("--plot", help="write a PNG plot here on exit")
+    serve.add_argument(
+        "--isolated-api", choices=("timeout", "local"), default="timeout",
+        help="a node whose network is cut: its listener times out (default) or keeps "
+             "answering as that node's localhost API",
+    )
     serve.add_argument(
         "--pmxcfs", action="store_true",
         help="mount the pmxcfs emulator (FUSE, root) as each node's /etc/pve",

@@ -153,11 +153,13 @@ class InProcessAdapter(BaseAdapter):
         handler: ApiHandler,
         served_by: str,
         sleep: Callable[[float], None] | None = None,
+        reachable: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
         self.handler = handler
         self.served_by = served_by
         self.sleep = sleep
+        self.reachable = reachable
         self.virtual_wait = 0.0
 
     def _wait(self, seconds: float) -> None:
@@ -166,7 +168,7 @@ class InProcessAdapter(BaseAdapter):
             self.sleep(seconds)
 
     def _reachable(self) -> bool:
-        probe = getattr(self.handler, "node_reachable", None)
+        probe = self.reachable or getattr(self.handler, "node_reachable", None)
         return True if probe is None else bool(probe(self.served_by))
 
     def send(
@@ -255,14 +257,18 @@ def attach(
     handler: ApiHandler,
     served_by: str,
     sleep: Callable[[float], None] | None = None,
+    reachable: Callable[[str], bool] | None = None,
 ) -> InProcessAdapter:
     """Route every request of a proxmoxer `ProxmoxAPI` to `handler`, as if
-    sent to node `served_by`'s API. Returns the mounted adapter."""
+    sent to node `served_by`'s API. Returns the mounted adapter.
+
+    Whether `served_by` answers at all is `reachable(served_by)` if given,
+    else the handler's own `node_reachable` (powered and networked)."""
     store = getattr(proxmox_api, "_store", None)
     if not isinstance(store, dict) or "session" not in store:
         raise TypeError("attach(): expected a proxmoxer ProxmoxAPI (with _store['session'])")
     session = store["session"]
-    adapter = InProcessAdapter(handler, served_by, sleep=sleep)
+    adapter = InProcessAdapter(handler, served_by, sleep=sleep, reachable=reachable)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return adapter

@@ -276,3 +276,23 @@ def test_control_clock_and_routing_errors(lab: Lab) -> None:
     finally:
         ctl.call("POST", "/resume")
     assert ctl.state()["paused"] is False
+
+
+def test_isolated_api_local_keeps_answering_its_own_agent(tmp_path: Path,
+                                                          spawn_lab: Any) -> None:
+    lab = spawn_lab(tmp_path, write_scenario(tmp_path), "--isolated-api", "local")
+    assert lab.conn["isolated_api"] == "local"
+    ctl = ControlClient.from_connection(lab.conn)
+    ctl.network("pve2", up=False)
+    local = lab.client(node="pve2", timeout=5)
+    status = local.cluster.status.get()
+    cluster = next(s for s in status if s["type"] == "cluster")
+    assert cluster["quorate"] == 0  # what the isolated node itself sees
+    assert local.nodes("pve2").status.get()["cpuinfo"]["cpus"] == 16
+    with pytest.raises(ResourceException) as err:
+        local.nodes("pve1").status.get()
+    assert err.value.status_code == 596
+    ctl.power("pve2", on=False)  # powered off: silent even in this mode
+    with pytest.raises(requests.exceptions.Timeout):
+        lab.client(node="pve2", timeout=1).version.get()
+    assert lab.stop() == 0

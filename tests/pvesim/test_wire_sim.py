@@ -93,3 +93,14 @@ def test_missing_fields_fault_on_real_resources(sim: Simulator) -> None:
     injector.add(kind="missing_fields", path="/cluster/resources", fields=("maxmem",))
     cut = api.cluster.resources.get(type="vm")
     assert [sorted(set(g) - {"maxmem"}) for g in full] == [sorted(g) for g in cut]
+
+
+def test_reachable_override_models_the_isolated_nodes_own_view(sim: Simulator) -> None:
+    api = proxmox_client("pve2.invalid", f"root@pam!admin={sim.tokens['root@pam!admin']}")
+    attach(api, sim, "pve2", reachable=lambda n: sim.node(n).powered)
+    sim.cut_network("pve2")
+    cluster = next(s for s in api.cluster.status.get() if s["type"] == "cluster")
+    assert cluster["quorate"] == 0
+    sim.power_off("pve2")
+    with pytest.raises(requests.exceptions.ConnectTimeout):
+        api.version.get()
