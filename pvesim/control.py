@@ -9,7 +9,7 @@ them. Every call needs the control token from the connection file
 
 Endpoints (JSON in, `{"data": ...}` out; errors `{"error": "..."}` with 4xx):
 
-    GET    /_sim/state                      clock, speed, nodes (reachable)
+    GET    /_sim/state                      clock, speed, nodes (reachable, powered, ...)
     POST   /_sim/advance        {"seconds": S}
     POST   /_sim/pause | /_sim/resume
     POST   /_sim/speed          {"speed": X}
@@ -91,7 +91,15 @@ class SimControl:
         return name
 
     def state(self) -> dict[str, Any]:
-        nodes = {n: {"reachable": bool(self.sim.node_reachable(n))} for n in self.sim.node_names}
+        nodes: dict[str, dict[str, Any]] = {}
+        with self.sim.lock:
+            for name in self.sim.node_names:
+                entry: dict[str, Any] = {"reachable": bool(self.sim.node_reachable(name))}
+                node = getattr(self.sim, "nodes", {}).get(name)
+                for attr in ("powered", "network", "maintenance"):
+                    if hasattr(node, attr):
+                        entry[attr] = bool(getattr(node, attr))
+                nodes[name] = entry
         return {
             "now": float(self.sim.now),
             "speed": self.driver.speed if self.driver else None,

@@ -125,7 +125,8 @@ def test_sim_control_python_api() -> None:
     t0 = ctl.state()["now"]
     assert ctl.advance(60) == pytest.approx(t0 + 60)
     ctl.network("pve2", up=False)
-    assert ctl.state()["nodes"]["pve2"] == {"reachable": False}
+    assert ctl.state()["nodes"]["pve2"] == {
+        "reachable": False, "powered": True, "network": False, "maintenance": False}
     ctl.network("pve2", up=True)
     ctl.power("pve3", on=False)
     assert not sim.node_reachable("pve3")
