@@ -14,6 +14,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .config import Config
 from .model import Decision, Estimates, Guest, Migration, Mode, Node, Snapshot, Usage
@@ -24,6 +25,7 @@ or memory, by mode): moving an idle or tiny guest costs a migration and
 relieves nothing."""
 
 _GIB = float(1 << 30)
+_SHOWN_TARGETS = 3  # blockers named in a no-action reason, least utilised target first
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,16 @@ class _View:
     @property
     def memory_limit(self) -> float:
         return self.config.memory_max - self.config.safety_margin
+
+    @cached_property
+    def memory_mean(self) -> float:
+        """Mean memory fraction of the proactive pool (see `_memory_pool`)."""
+        pool = _memory_pool(self)
+        return sum(load.mem_fraction for load in pool) / len(pool) if pool else 0.0
+
+    @property
+    def memory_threshold(self) -> float:
+        return self.config.proactive_factor * self.memory_mean
 
 
 # --- guards ------------------------------------------------------------------
@@ -271,6 +283,11 @@ def _evaluate(
             f"vm {guest.vmid} would put {target.name} cpu at "
             f"{_f(target_after.cpu)} > {_f(view.cpu_limit)} (cpu_max - safety_margin)"
         )
+    if mode is Mode.PROACTIVE and target_after.mem_fraction > view.memory_threshold:
+        return _Rejection(
+            f"vm {guest.vmid} would put {target.name} memory at "
+            f"{_f(target_after.mem_fraction)} > memory_threshold {_f(view.memory_threshold)}"
+        )
     if mode is Mode.CPU:
         midpoint = (source.cpu + target.cpu) / 2.0
         if target_after.cpu > midpoint:
@@ -374,12 +391,17 @@ def _try_source(
                     f"({what} {_f(benefit)} < {_f(MIN_BENEFIT)})"
                 )
             continue
+        blocked: list[str] = []
         for target in targets:
             outcome = _evaluate(view, mode, guest, source, target)
             if isinstance(outcome, Migration):
                 return outcome
-            if first is None:
-                first = outcome
+            blocked.append(outcome.text)
+        if first is None:
+            # the best candidate's blockers, least utilised target first
+            shown = "; ".join(blocked[:_SHOWN_TARGETS])
+            more = len(blocked) - _SHOWN_TARGETS
+            first = _Rejection(shown + (f"; {more} more targets blocked" if more > 0 else ""))
     return first or idle or _Rejection(f"no movable vm on {source.name}")
 
 
@@ -403,11 +425,6 @@ def _memory_pool(view: _View) -> list[_Load]:
         and load.name not in view.config.exclude_nodes
         and load.maxmem > 0
     ]
-
-
-def _mean_memory(view: _View) -> float:
-    pool = _memory_pool(view)
-    return sum(load.mem_fraction for load in pool) / len(pool) if pool else 0.0
 
 
 def _ranked(loads: Sequence[_Load], mode: Mode) -> list[_Load]:
@@ -437,8 +454,7 @@ def _check(view: _View) -> _Trigger | str:
             f"waiting: cpu estimates warming up ({top.name} at {_f(top.cpu)} "
             f"above cpu_max {_f(config.cpu_max)} unconfirmed)"
         )
-    mean = _mean_memory(view)
-    threshold = config.proactive_factor * mean
+    mean, threshold = view.memory_mean, view.memory_threshold
     pool = _memory_pool(view)
     above = _ranked([n for n in pool if n.mem_fraction > threshold], Mode.PROACTIVE)
     if len(pool) >= 2 and above:
@@ -457,7 +473,6 @@ def _check(view: _View) -> _Trigger | str:
 
 def _thresholds(view: _View) -> dict[str, float]:
     config = view.config
-    mean = _mean_memory(view)
     return {
         "cpu_max": config.cpu_max,
         "memory_max": config.memory_max,
@@ -465,8 +480,8 @@ def _thresholds(view: _View) -> dict[str, float]:
         "cpu_target_max": view.cpu_limit,
         "memory_target_max": view.memory_limit,
         "proactive_factor": config.proactive_factor,
-        "memory_mean": mean,
-        "memory_threshold": config.proactive_factor * mean,
+        "memory_mean": view.memory_mean,
+        "memory_threshold": view.memory_threshold,
         "min_benefit": MIN_BENEFIT,
     }
 

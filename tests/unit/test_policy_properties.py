@@ -258,6 +258,12 @@ def _assert_legal(
             assert source.mem_fraction > config.memory_max
         else:
             assert all(n.mem_fraction <= config.memory_max for n in snapshot.nodes if n.online)
+            pool = [n for n in snapshot.nodes if n.online and not n.maintenance
+                    and n.name not in config.exclude_nodes and n.maxmem > 0]
+            threshold = config.proactive_factor * sum(n.mem_fraction for n in pool) / len(pool)
+            assert source.mem_fraction > threshold
+            # a proactive move never makes its target the next proactive source
+            assert m.target_after.mem_fraction <= threshold + EPS
 
 
 def _decide(snapshot: Snapshot, estimates: Estimates, config: Config, state: PolicyState,
