@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pvesim.pmxcfs import EmulatorError, PmxcfsEmulator, cleanup_mounts
+from pvesim.pmxcfs import EmulatorError, PmxcfsEmulator, cleanup_mounts, ctl
 from pvesim.pmxcfs.mounts import mounted_fuse_paths
 from tests.pmxcfs.support import require_fuse, running_emulator
 
@@ -97,6 +97,11 @@ def test_command_line_with_a_tcp_control_port(tmp_path: Path) -> None:
         assert status["nodes"]["beta"]["quorate"] is False
         members = json.loads((base / "beta" / ".members").read_text())
         assert members["nodename"] == "beta" and members["cluster"]["quorate"] == 0
+        # the shell client speaks the same channel
+        assert ctl.main(["--control", str(info["control"]), "quorum", "beta", "on"]) == 0
+        members = json.loads((base / "beta" / ".members").read_text())
+        assert members["cluster"]["quorate"] == 1
+        assert ctl.main(["--control", str(info["control"]), "advance", "5"]) == 1  # real clock
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert mounted_fuse_paths(base) == []
