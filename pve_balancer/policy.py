@@ -147,6 +147,18 @@ class _View:
     def memory_threshold(self) -> float:
         return self.config.proactive_factor * self.memory_mean
 
+    @cached_property
+    def vmids_on(self) -> dict[str, frozenset[int]]:
+        """Every guest placed on each node, whatever its status."""
+        placed: dict[str, set[int]] = {}
+        for guest in self.snapshot.guests:
+            placed.setdefault(guest.node, set()).add(guest.vmid)
+        return {name: frozenset(vmids) for name, vmids in placed.items()}
+
+    @cached_property
+    def pinned(self) -> frozenset[int]:
+        return _pinned_vmids(self.snapshot)
+
 
 # --- guards ------------------------------------------------------------------
 
@@ -245,7 +257,7 @@ def _targets(view: _View, source: _Load) -> tuple[list[_Load], list[str]]:
 
 
 def _anti_affine(view: _View, guest: Guest, target: _Load) -> str | None:
-    on_target = {g.vmid for g in view.snapshot.guests if g.node == target.name}
+    on_target = view.vmids_on.get(target.name, frozenset())
     for rule in view.snapshot.rules:
         if (
             rule.enabled
@@ -326,7 +338,7 @@ def _candidates(
 ) -> tuple[list[Guest], dict[str, int], list[int]]:
     """Movable guests on `source` in the order they are tried, the count of
     guests filtered out per reason, and the busiest VMs kept (CPU mode)."""
-    pinned = _pinned_vmids(view.snapshot)
+    pinned = view.pinned
     seen: set[int] = set()
     running: list[Guest] = []
     for guest in view.snapshot.guests:
