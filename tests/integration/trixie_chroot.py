@@ -62,10 +62,12 @@ BUILD_PACKAGES = (
     "lintian",
     "ca-certificates",
 )
-# Target tree: what every PVE node has anyway. The package's own runtime
+# Target tree: what every PVE node has anyway (systemd-analyze verify also
+# runs `man` for the unit's Documentation=). The package's own runtime
 # dependencies are deliberately absent: apt resolves them from the archive.
 TARGET_PACKAGES = (
     "systemd",
+    "man-db",
     "ca-certificates",
 )
 FLAVOURS = {"build": BUILD_PACKAGES, "target": TARGET_PACKAGES}
@@ -189,6 +191,26 @@ def mounted(root: Path) -> Iterator[Path]:
         _unmount_all(root)
 
 
+def _command(root: Path, cmd: Sequence[str], env: dict[str, str] | None) -> list[str]:
+    base = {
+        "PATH": CHROOT_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+    }
+    base.update(env or {})
+    # chroot and env both exec: the returned process IS the command (signals reach it).
+    return ["chroot", str(root), "/usr/bin/env", "-i",
+            *(f"{k}={v}" for k, v in base.items()), *cmd]
+
+
+def popen(root: Path, cmd: Sequence[str], log: Path,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` inside the chroot in the background, output to ``log``."""
+    with log.open("wb") as fh:
+        return subprocess.Popen(_command(root, cmd, env), stdout=fh, stderr=subprocess.STDOUT)
+
+
 def run(
     root: Path,
     cmd: Sequence[str],
@@ -202,17 +224,8 @@ def run(
 
     With ``capture`` stdout and stderr come back together in ``.stdout``.
     """
-    base = {
-        "PATH": CHROOT_PATH,
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-    }
-    base.update(env or {})
-    full = ["chroot", str(root), "/usr/bin/env", "-i",
-            *(f"{k}={v}" for k, v in base.items()), *cmd]
     proc = subprocess.run(
-        full,
+        _command(root, cmd, env),
         check=False,
         text=True,
         stdout=subprocess.PIPE if capture else None,
@@ -248,12 +261,16 @@ def copy_source(root: Path, src: Path = REPO) -> str:
     return inside
 
 
-def build_deb(root: Path, out: Path, src: Path = REPO) -> tuple[list[Path], str]:
+def build_deb(
+    root: Path, out: Path, src: Path = REPO, reuse_source: bool = False
+) -> tuple[list[Path], str]:
     """Build in the (mounted) build tree with dev/build-deb; copy the results to ``out``.
 
+    ``reuse_source`` builds the copy left by the previous call again (the
+    reproducibility check must not pick up edits made in between).
     Returns the copied files and the build's output (it includes lintian's).
     """
-    inside = copy_source(root, src)
+    inside = f"{BUILD_DIR}/src" if reuse_source else copy_source(root, src)
     result_dir = root / BUILD_DIR.lstrip("/") / "out"
     if result_dir.exists():
         shutil.rmtree(result_dir)
