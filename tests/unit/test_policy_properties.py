@@ -36,6 +36,7 @@ EPS = 1e-9
 PROPERTY = settings(
     max_examples=200,
     derandomize=True,
+    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
