@@ -33,6 +33,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -269,6 +270,27 @@ def setup_lock(
                 print(f"pve-balancer setup: could not release {lock}: {exc}", file=sys.stderr)
 
 
+_KEY_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*:")
+
+COMMENTED_HEADER = (
+    "# Installed by `pve-balancer setup` with every key commented out: the\n"
+    "# built-in defaults apply, including when a later version changes them.\n"
+    "# Uncomment and edit a key to override it.\n#\n"
+)
+
+
+def commented_defaults(example: str) -> str:
+    """The shipped example with every top-level ``key: value`` commented out.
+
+    A fresh cluster then runs on the package's defaults, not on a copy of
+    them frozen at install time, and the operator still sees every key with
+    its explanation.
+    """
+    lines = [f"# {line}" if _KEY_LINE.match(line) else line
+             for line in example.splitlines(keepends=True)]
+    return COMMENTED_HEADER + "".join(lines)
+
+
 def _find_example(candidates: Sequence[Path]) -> Path | None:
     for path in candidates:
         if path.is_file():
@@ -303,8 +325,9 @@ class _Setup:
             self.say(f"no example configuration found; {self.config_file} not created"
                      " (the built-in defaults apply)")
             return
-        write_atomically(self.config_file, example.read_text(encoding="utf-8"), 0o640)
-        self.say(f"created {self.config_file} from {example} (all defaults, commented)")
+        text = commented_defaults(example.read_text(encoding="utf-8"))
+        write_atomically(self.config_file, text, 0o640)
+        self.say(f"created {self.config_file} from {example} (every key commented out)")
 
     def ensure_role(self) -> None:
         want = set(PRIVILEGES)

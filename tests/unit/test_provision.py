@@ -21,7 +21,7 @@ from pve_balancer import provision
 from pve_balancer.provision import CommandResult
 
 SECRET = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
-EXAMPLE_TEXT = "# pve-balancer configuration (all keys commented = defaults)\n# cpu_max: 0.8\n"
+EXAMPLE_TEXT = "# pve-balancer configuration\n\n# CPU threshold.\ncpu_max: 0.8\n"
 
 
 class FakePveum:
@@ -158,7 +158,9 @@ def test_fresh_cluster_gets_role_user_privsep_token_acl_and_token_file(tmp_path:
         ("/", "pve-balancer@pve", "PVEBalancer"),
         ("/", "pve-balancer@pve!agent", "PVEBalancer"),
     }
-    assert (root / "balancer.yaml").read_text() == EXAMPLE_TEXT
+    installed = (root / "balancer.yaml").read_text()
+    assert installed == (provision.COMMENTED_HEADER
+                         + "# pve-balancer configuration\n\n# CPU threshold.\n# cpu_max: 0.8\n")
     assert not (root / "priv" / "lock" / "pve-balancer-setup").exists(), "set-up lock released"
     assert SECRET not in out, "the secret goes to the root-only file, never to the terminal"
     assert sorted(p.name for p in (root / "priv").iterdir()) == ["lock", "pve-balancer.token"]
@@ -357,6 +359,22 @@ def test_cluster_state_reads_members(tmp_path: Path) -> None:
     assert not provision.cluster_state(standalone, require_fuse=True).pmxcfs
     (standalone / ".members").write_text("[1, 2]")
     assert "JSON object" in provision.cluster_state(standalone, require_fuse=False).reason
+
+
+def test_installed_configuration_is_the_example_with_every_key_commented_out() -> None:
+    from pve_balancer.config import Config, parse_config
+
+    example = Path(__file__).resolve().parents[2] / "balancer.yaml.example"
+    text = provision.commented_defaults(example.read_text())
+    result = parse_config(text, "balancer.yaml")
+    assert result.problems == ()
+    assert result.config == Config()
+    uncommented = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert uncommented == []
+    # Every key of the example is still there to uncomment.
+    keys = {line.split(":")[0] for line in example.read_text().splitlines()
+            if line[:1].isalpha()}
+    assert keys and all(f"# {key}:" in text for key in keys)
 
 
 def test_write_atomically_creates_a_private_file_and_leaves_no_temporaries(
