@@ -182,6 +182,9 @@ _KEYS: dict[str, _Key] = {
     "seed": _Key(_read_seed),
 }
 
+_NULLABLE = frozenset({"exclude_nodes", "seed"})  # null is a meaningful value for these
+_DEFAULTS = Config()
+
 KNOWN_KEYS: tuple[str, ...] = tuple(_KEYS)
 """Every key the file may hold, in documentation order."""
 
@@ -207,6 +210,14 @@ def _clamp(name: str, number: float) -> tuple[float, str | None]:
 def _construct(loader: yaml.SafeLoader, node: Node) -> object:
     construct = cast(Callable[..., Any], loader.construct_object)
     return cast(object, construct(node, deep=True))
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return _fmt(value)
+    return str(value)
 
 
 def _line(node: Node) -> int:
@@ -262,6 +273,13 @@ def parse_config(text: str, source: str = "balancer.yaml") -> LoadResult:
                 )
             seen[name] = line
             raw = _construct(loader, value_node)
+            if raw is None and name not in _NULLABLE:
+                # `key:` with nothing after it reads as "not set", not as a mistake
+                shown = _show(getattr(_DEFAULTS, name))
+                problem(_line(value_node), name, f"no value given, the default {shown} is used",
+                        False)
+                values.pop(name, None)
+                continue
             try:
                 value = _KEYS[name].read(raw)
             except _ValueError as exc:

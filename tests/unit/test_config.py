@@ -223,3 +223,14 @@ def test_example_file_parses_to_the_defaults() -> None:
 def test_as_dict_is_plain_data() -> None:
     data = Config(exclude_nodes=frozenset({"b", "a"})).as_dict()
     assert data["exclude_nodes"] == ["a", "b"] and data["cpu_max"] == 0.8
+
+
+def test_key_without_value_keeps_its_default_with_a_warning() -> None:
+    result = parse_config("cpu_max: 0.7\ncpu_max:\nenabled:\nexclude_tag:\nexclude_nodes:\nseed:\n")
+    assert [str(p) for p in result.problems] == [
+        "balancer.yaml:2: cpu_max: given again (first on line 1); the last value is used",
+        "balancer.yaml:2: cpu_max: no value given, the default 0.8 is used",
+        "balancer.yaml:3: enabled: no value given, the default true is used",
+        "balancer.yaml:4: exclude_tag: no value given, the default pve-balancer-exclude is used",
+    ]
+    assert result.config == Config()
