@@ -808,7 +808,12 @@ class Simulator:
                 still.append(p)
                 continue
             tgt = self.nodes.get(p.target)
-            if tgt is None or not tgt.reachable or not self.quorate(g.node):
+            if (
+                tgt is None
+                or not tgt.reachable
+                or (tgt.maintenance and p.reason != "maintenance")
+                or not self.quorate(g.node)
+            ):
                 continue  # the CRM drops a request it cannot fulfil
             if g.lock:
                 p.at = t + 10.0  # LRM waits for the lock (e.g. backup)
