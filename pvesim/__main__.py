@@ -2,7 +2,7 @@
 
     serve --scenario FILE --connection-file OUT.json [--speed X] [--seed N]
           [--state-dir DIR] [--metrics-out M.json] [--plot P.png] [--pmxcfs]
-          [--isolated-api timeout|local]
+          [--isolated-api timeout|local] [--pmxcfs-lifetime S]
         The whole lab in real time (times --speed): one HTTPS API per node, the
         control endpoint, and per node a directory laid out like /etc/pve.
         The connection file appears (atomically) only once everything
@@ -251,7 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.pmxcfs:
             emulator = PmxcfsEmulator(
                 state_dir / "pmxcfs", node_names, cluster_name=sim.cluster_name,
-                log_path=state_dir / "pmxcfs.log",
+                log_path=state_dir / "pmxcfs.log", lifetime=args.pmxcfs_lifetime,
             )
             try:
                 emulator.start()
@@ -292,6 +292,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "control_token": control_token,
             "state_dir": str(state_dir),
             "pmxcfs": bool(args.pmxcfs),
+            "pmxcfs_lifetime": args.pmxcfs_lifetime if args.pmxcfs else None,
+            "pmxcfs_control": str(emulator.control_path) if emulator is not None else None,
             "isolated_api": args.isolated_api,
             "speed": args.speed,
             "seed": args.seed,
@@ -374,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pmxcfs", action="store_true",
         help="mount the pmxcfs emulator (FUSE, root) as each node's /etc/pve",
     )
+    serve.add_argument(
+        "--pmxcfs-lifetime", type=int, default=120, metavar="SECONDS",
+        help="with --pmxcfs: lock lifetime in whole seconds (default: pmxcfs's 120; "
+             "shorter only for fast failover tests)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("run", help="stepped run without agents")
@@ -396,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if getattr(args, "speed", 1.0) <= 0:
         parser.error(f"--speed {args.speed}: must be > 0")
+    if getattr(args, "pmxcfs_lifetime", 120) < 1:
+        parser.error(f"--pmxcfs-lifetime {args.pmxcfs_lifetime}: must be >= 1")
     try:
         return int(args.func(args))
     except UsageError as exc:
