@@ -118,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="assume this is the only agent (no pmxcfs election); for labs")
     run.add_argument("--cycles", type=int, default=None, metavar="N",
                      help="stop after N cycles (testing)")
+    lab = run.add_argument_group(
+        "lab-only election timing",
+        "For simulated clusters whose pmxcfs emulator uses a shortened lock lifetime "
+        "(python -m pvesim serve --pmxcfs-lifetime). Never change them on a real "
+        "cluster: the defaults are sized for pmxcfs's fixed 120 s lifetime.")
+    lab.add_argument("--renew-interval", type=float, default=10.0, metavar="S",
+                     help="renew the lock every S seconds (default: %(default)g)")
+    lab.add_argument("--safety-bound", type=float, default=60.0, metavar="S",
+                     help="stop acting when the last good renew is older than S seconds "
+                     "(default: %(default)g; keep it at most half the lock lifetime)")
+    lab.add_argument("--retry-interval", type=float, default=5.0, metavar="S",
+                     help="a standby tries to take the lock at most every S seconds "
+                     "(default: %(default)g)")
 
     plan = sub.add_parser(
         "plan", help="show what the balancer would do now, and why (no action)",
@@ -171,7 +184,14 @@ def make_election(args: argparse.Namespace, paths: Paths, single: bool,
     except ImportError as exc:
         raise SystemExit(f"pve-balancer: the pmxcfs election is not available ({exc}); "
                          "use --single for a lone agent") from exc
-    election: Election = module.PmxcfsElection(paths.root, args.node, clock=clock)
+    try:
+        election: Election = module.PmxcfsElection(
+            paths.root, args.node, clock=clock,
+            renew_interval=getattr(args, "renew_interval", 10.0),
+            safety_bound=getattr(args, "safety_bound", 60.0),
+            retry_interval=getattr(args, "retry_interval", 5.0))
+    except ValueError as exc:
+        raise SystemExit(f"pve-balancer: election timing: {exc}") from exc
     return election
 
 
