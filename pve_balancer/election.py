@@ -14,8 +14,8 @@ The only module that knows pmxcfs lock semantics (docs/election.md):
   quorate (`.members`), or when its last good renew is older than
   `safety_bound` (60 s, half the lifetime: it stops acting well before any
   other node could take the lock);
-- `release()` on an orderly stop removes the lock with `rmdir`, after a
-  renew has proved it is still ours (rmdir has no owner check).
+- `release()` on an orderly stop removes the lock with `rmdir` when a renew
+  proves this node holds it (rmdir has no owner check).
 
 Every syscall error is turned into a role and a sentence; nothing here
 raises out of `tick`, `confirm`, `release` or `describe`.
@@ -134,17 +134,22 @@ class PmxcfsElection:
             return False
 
     def release(self) -> None:
+        """Remove the lock if this node holds it, proved by a renew first:
+        rmdir has no owner check, and a lock this node still holds after a
+        step-down or a restart should not make the others wait a lifetime."""
         try:
-            if not self._leading:
-                self.last_release = "not leading; nothing to release"
-                return
-            self._leading = False
-            self._state = "released"
+            was_leading, self._leading = self._leading, False
+            if was_leading:
+                self._state = "released"
             now = self.clock.now() if self.clock is not None else self._last_now
-            # rmdir has no owner check: prove the lock is still ours first.
-            problem = self._renew(now) if now is not None else "no time known"
+            if now is None:
+                self.last_release = "never ticked; nothing to release"
+                return
+            problem = self._renew(now)
             if problem:
-                self.last_release = f"lock left in place: the renew before rmdir failed ({problem})"
+                self.last_release = (
+                    f"lock left in place: the renew before rmdir failed ({problem})"
+                    if was_leading else "this node does not hold the lock; nothing to release")
                 return
             os.rmdir(self.lock_path)
             self.last_release = "lock released"

@@ -90,8 +90,30 @@ def test_release_when_not_leading_leaves_the_lock_alone(emu: PmxcfsEmulator,
     a.tick(clock.now())
     b.tick(clock.now())
     b.release()
+    assert b.last_release == "this node does not hold the lock; nothing to release"
     assert (emu.mounts["pve1"] / LOCK).exists()
     assert a.is_leader
+
+
+def test_stop_right_after_a_restart_still_releases_this_nodes_lock(
+        emu: PmxcfsEmulator, clock: SharedClock) -> None:
+    old = election(emu, "pve1", clock)
+    old.tick(clock.now())
+    clock.advance(3)  # restarted, and stopped again before its first tick
+    new = election(emu, "pve1", clock)
+    new.release()
+    assert new.last_release == "lock released"
+    assert not (emu.mounts["pve2"] / LOCK).exists()
+
+
+def test_release_without_quorum_leaves_the_lock(emu: PmxcfsEmulator,
+                                               clock: SharedClock) -> None:
+    a = election(emu, "pve1", clock)
+    a.tick(clock.now())
+    emu.set_quorate("pve1", False)
+    a.release()
+    assert a.last_release == "lock left in place: the renew before rmdir failed (EACCES)"
+    assert (emu.mounts["pve2"] / LOCK).exists()
 
 
 def test_crashed_leader_is_replaced_after_the_lifetime_and_never_before(
