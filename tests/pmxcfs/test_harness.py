@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,4 +110,34 @@ def test_command_line_with_a_tcp_control_port(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        cleanup_mounts(base)
+
+
+def test_emulator_goes_away_with_a_killed_parent(tmp_path: Path) -> None:
+    """A test run killed with SIGKILL must not leave mounts behind."""
+    require_fuse()
+    base = tmp_path / "pve"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pvesim.pmxcfs import PmxcfsEmulator\n"
+        f"PmxcfsEmulator(Path({str(base)!r}), ['pve1', 'pve2']).start()\n"
+        "print('up', flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], 30)
+        assert ready and parent.stdout.readline() == b"up\n"
+        assert len(mounted_fuse_paths(base)) == 2
+        parent.kill()
+        parent.wait(timeout=10)
+        for _ in range(100):  # the emulator notices within a fraction of a second
+            if not mounted_fuse_paths(base):
+                break
+            time.sleep(0.1)
+        assert mounted_fuse_paths(base) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
         cleanup_mounts(base)
