@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -257,3 +259,24 @@ def test_real_clock_lifetime(tmp_path: Path) -> None:
             if lock.exists():
                 time.sleep(0.1)
         assert time.monotonic() - start > 2.0
+
+
+def test_renew_check_is_per_node_not_per_process(emu: PmxcfsEmulator) -> None:
+    os.mkdir(lock_of(emu, "pve1"))
+    t = now(emu)
+    renew = "import os, sys; os.utime(sys.argv[1], (0, int(sys.argv[2])))"
+    ok = subprocess.run([sys.executable, "-c", renew, str(lock_of(emu, "pve1")), str(t)],
+                        check=False, capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run([sys.executable, "-c", renew, str(lock_of(emu, "pve2")), str(t)],
+                             check=False, capture_output=True)
+    assert b"PermissionError" in refused.stderr
+
+
+def test_owner_still_renews_an_expired_lock_nobody_removed(emu: PmxcfsEmulator) -> None:
+    lock = lock_of(emu, "pve2")
+    os.mkdir(lock)
+    emu.advance(300)
+    assert errno_of(lambda: os.utime(lock, (0, now(emu)))) is None
+    assert errno_of(lambda: os.utime(lock_of(emu, "pve1"), (0, 0))) == "EACCES"
+    assert lock.exists()  # the renew restarted the lifetime
