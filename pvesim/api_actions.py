@@ -43,18 +43,7 @@ def qemu_migrate_check(ctx: Ctx) -> Any:
     g = _guest_or_500(ctx, "qemu")
     ctx.need(f"/vms/{g.vmid}", "VM.Migrate")
     allowed, not_allowed = _precondition_nodes(ctx, g)
-    dependent = sorted(
-        {
-            sid
-            for r in ctx.sim.rules
-            if not r.disable
-            and r.type == "resource-affinity"
-            and r.affinity == "positive"
-            and g.sid in r.resources
-            for sid in r.resources
-            if sid != g.sid
-        }
-    )
+    dependent = ctx.sim.dependent_ha(g)
     return {
         "running": 1 if g.running else 0,
         "allowed_nodes": allowed,

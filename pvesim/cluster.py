@@ -395,7 +395,7 @@ class Simulator:
         cands.extend(r.current_end for r in self._backup_runs)
         cands.extend(self._recover_at.values())
         cands.extend(self._self_fence_at.values())
-        if self._auto_rebalance_on():
+        if self._ha_rounds_needed():
             cands.append(self._ha_round)
         if self._event_i < len(self._events):
             cands.append(self.start_time + self._events[self._event_i].at)
@@ -426,6 +426,8 @@ class Simulator:
                 self._recover(vmid)
         if self._ha_round <= t + eps:
             self._ha_round = t + HA_ROUND
+            if self._ha_rounds_needed():
+                self._failback()
             if self._auto_rebalance_on():
                 self._crs_rebalance()
         if self.pending_ha:
@@ -618,9 +620,14 @@ class Simulator:
                 task = self.new_task(g.node, "hamigrate", str(vmid), user)
                 task.log.append(f"Requesting HA migration for VM {vmid} to node {target}")
                 self.end_task(task, "OK")
-                self.pending_ha.append(
-                    PendingHaMigration(vmid, target, self.now + self.params.ha_delay, "request")
-                )
+                at = self.now + self.params.ha_delay
+                self.pending_ha.append(PendingHaMigration(vmid, target, at, "request"))
+                # PVE 9 moves positive resource-affinity partners along
+                for sid in self.dependent_ha(g):
+                    task.log.append(f"Requesting HA migration for dependent resource {sid}")
+                    self.pending_ha.append(
+                        PendingHaMigration(int(sid.split(":")[1]), target, at, "request")
+                    )
                 return task.upid
             return self._start_migration(g, target, user, with_local_disks).upid
 
@@ -666,7 +673,8 @@ class Simulator:
                     f"can't migrate local disk '{vol}': can't live migrate attached local disks "
                     "without with-local-disks option"
                 )
-        for rule in self.rules:
+        # HA rules only bind HA-managed guests (PVE checks them in the HA stack)
+        for rule in self.rules if g.ha else []:
             if rule.disable or g.sid not in rule.resources:
                 continue
             if rule.type == "node-affinity" and rule.strict and target not in rule.node_names():
@@ -677,14 +685,18 @@ class Simulator:
             if rule.type == "resource-affinity" and rule.affinity == "negative":
                 for sid in rule.resources:
                     other = self.guests.get(int(sid.split(":")[1]))
-                    if other is not None and sid != g.sid and other.node == target:
+                    if other is not None and other.ha and sid != g.sid and other.node == target:
                         raise SimError(
                             f"service '{g.sid}' cannot be migrated to node '{target}': "
                             f"resource-affinity rule '{rule.rule}' with '{sid}'"
                         )
 
     def blocking_ha(self, g: Guest, target: str) -> list[dict[str, str]]:
-        out = []
+        """HA resources on `target` that a negative resource-affinity rule
+        keeps apart from `g` (both must be HA-managed, as in PVE)."""
+        out: list[dict[str, str]] = []
+        if not g.ha:
+            return out
         for rule in self.rules:
             if (
                 rule.disable
@@ -695,7 +707,7 @@ class Simulator:
                 continue
             for sid in rule.resources:
                 other = self.guests.get(int(sid.split(":")[1]))
-                if sid != g.sid and other is not None and other.node == target:
+                if sid != g.sid and other is not None and other.ha and other.node == target:
                     out.append({"sid": sid, "cause": "resource-affinity"})
         return out
 
@@ -830,6 +842,11 @@ class Simulator:
         crs = self.options.get("crs")
         return crs if isinstance(crs, dict) else {}
 
+    def _ha_rounds_needed(self) -> bool:
+        return self._auto_rebalance_on() or any(
+            not r.disable and r.type == "node-affinity" for r in self.rules
+        )
+
     def _auto_rebalance_on(self) -> bool:
         return str(self._crs().get("ha-auto-rebalance", 0)) in ("1", "True", "true")
 
@@ -929,26 +946,83 @@ class Simulator:
             return "maintenance"
         return "online"
 
-    def _ha_target(self, g: Guest, exclude: set[str]) -> str | None:
-        """Where the HA stack would put `g`: allowed by rules, online, not in
-        maintenance; the node with the most free memory wins (CRS static)."""
+    def dependent_ha(self, g: Guest) -> list[str]:
+        """HA resources bound to `g` by an enabled positive resource-affinity rule."""
+        return sorted(
+            {
+                sid
+                for r in self.rules
+                if not r.disable
+                and r.type == "resource-affinity"
+                and r.affinity == "positive"
+                and g.sid in r.resources
+                for sid in r.resources
+                if sid != g.sid and int(sid.split(":")[1]) in self.guests
+            }
+        )
+
+    def _node_affinity(self, g: Guest) -> HaRule | None:
+        for r in self.rules:
+            if not r.disable and r.type == "node-affinity" and g.sid in r.resources:
+                return r
+        return None
+
+    def _ha_candidates(
+        self, g: Guest, exclude: set[str], ignore_blocking: bool = False
+    ) -> list[Node]:
+        """Nodes the HA stack may put `g` on: online, quorate, not in
+        maintenance, not blocked by a negative resource-affinity rule, and
+        within the highest available priority group of its node-affinity
+        rule (any node if none of the rule's nodes is available and the rule
+        is not strict)."""
         allowed = [
             n
             for n in self.nodes.values()
-            if n.reachable and not n.maintenance and n.name not in exclude and self.quorate(n.name)
+            if n.reachable
+            and not n.maintenance
+            and n.name not in exclude
+            and self.quorate(n.name)
+            and (ignore_blocking or not self.blocking_ha(g, n.name))
         ]
-        for rule in self.rules:
-            if rule.disable or g.sid not in rule.resources:
-                continue
-            if rule.type == "node-affinity":
-                pref = [n for n in allowed if n.name in rule.node_names()]
-                if pref or rule.strict:
-                    allowed = pref
-            elif rule.affinity == "negative":
-                allowed = [n for n in allowed if not self.blocking_ha(g, n.name)]
+        rule = self._node_affinity(g)
+        if rule is not None:
+            prio = {}
+            for entry in rule.nodes:
+                name, _, p = entry.partition(":")
+                prio[name] = int(p) if p.isdigit() else 0
+            inrule = [n for n in allowed if n.name in prio]
+            if inrule:
+                top = max(prio[n.name] for n in inrule)
+                allowed = [n for n in inrule if prio[n.name] == top]
+            elif rule.strict:
+                allowed = []
+        return allowed
+
+    def _ha_target(self, g: Guest, exclude: set[str]) -> str | None:
+        """Where the HA stack would put `g`: among `_ha_candidates`, the node
+        with the lowest memory use (CRS static)."""
+        allowed = self._ha_candidates(g, exclude)
         if not allowed:
             return None
         return min(allowed, key=lambda n: (n.live_mem / n.memory, n.name)).name
+
+    def _failback(self) -> None:
+        """PVE's CRM (failback=1) moves an HA guest that runs outside the
+        highest-priority available nodes of its node-affinity rule back."""
+        for g in sorted(self.guests.values(), key=lambda x: x.vmid):
+            if not g.ha or not g.running or g.lock or self._node_affinity(g) is None:
+                continue
+            if any(p.vmid == g.vmid for p in self.pending_ha):
+                continue
+            preferred = self._ha_candidates(g, set(), ignore_blocking=True)
+            if not preferred or any(n.name == g.node for n in preferred):
+                continue
+            target = self._ha_target(g, set())
+            if target is None or target not in {n.name for n in preferred}:
+                continue  # the preferred nodes are blocked: stay put
+            self.pending_ha.append(
+                PendingHaMigration(g.vmid, target, self.now + self.params.ha_delay, "failback")
+            )
 
     def _self_fence(self, name: str) -> None:
         """An isolated node with active HA services is reset by its watchdog."""

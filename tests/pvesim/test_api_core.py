@@ -98,20 +98,20 @@ def test_ha_guest_gets_hamigrate_then_qmigrate() -> None:
     sim = named("ha-guest")
     sim.advance(20)
     upid = data(
-        sim, "POST", "/nodes/pve3/qemu/103/migrate", params={"target": "pve1", "online": "1"}
+        sim, "POST", "/nodes/pve2/qemu/102/migrate", params={"target": "pve3", "online": "1"}
     )
     assert UPID_RE.match(upid)["type"] == "hamigrate"  # type: ignore[index]
-    st = data(sim, "GET", f"/nodes/pve3/tasks/{upid}/status")
+    st = data(sim, "GET", f"/nodes/pve2/tasks/{upid}/status")
     assert (st["status"], st["exitstatus"]) == ("stopped", "OK")
     res = {r["id"]: r for r in data(sim, "GET", "/cluster/resources")}
-    assert res["qemu/103"]["node"] == "pve3" and res["qemu/103"]["hastate"] == "migrate"
+    assert res["qemu/102"]["node"] == "pve2" and res["qemu/102"]["hastate"] == "migrate"
     sim.advance(sim.params.ha_delay + 0.5)
     running = [t for t in data(sim, "GET", "/cluster/tasks") if "status" not in t]
-    assert [(t["type"], t["id"], t["user"]) for t in running] == [("qmigrate", "103", "root@pam")]
+    assert [(t["type"], t["id"], t["user"]) for t in running] == [("qmigrate", "102", "root@pam")]
     sim.advance(30)
-    assert sim.guests[103].node == "pve1"
+    assert sim.guests[102].node == "pve3"
     res = {r["id"]: r for r in data(sim, "GET", "/cluster/resources")}
-    assert res["qemu/103"]["hastate"] == "started"
+    assert res["qemu/102"]["hastate"] == "started"
 
 
 def test_migration_preconditions_and_refusals() -> None:

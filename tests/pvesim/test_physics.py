@@ -247,3 +247,37 @@ def test_pve_auto_rebalance_moves_ha_guests_only_when_enabled() -> None:
     moved = run(1)
     assert len(moved) == 1 and moved[0][0] in (101, 102) and moved[0][1] == "root@pam"
     assert run(0) == []
+
+
+def test_ha_failback_to_preferred_node_and_dependent_resources_move_along() -> None:
+    sim = named("ha-guest")
+    sim.advance(20)
+    sim.migrate(103, "pve2", online=True)  # away from its preferred pve3
+    sim.advance(20)
+    assert sim.guests[103].node == "pve2"
+    sim.advance(60)
+    assert sim.guests[103].node == "pve3"  # the CRM brought it back
+    moves = [(m.vmid, m.target) for m in sim.metrics.migrations if m.ok]
+    assert moves == [(103, "pve2"), (103, "pve3")]
+
+    together = from_dict(
+        {
+            "nodes": [{"name": "pve1"}, {"name": "pve2"}, {"name": "pve3"}],
+            "guests": [
+                {"vmid": 101, "node": "pve1", "ha": True, "demand": {"cpu": 1, "mem": "2GiB"}},
+                {"vmid": 102, "node": "pve1", "ha": True, "demand": {"cpu": 1, "mem": "2GiB"}},
+            ],
+            "ha_rules": [
+                {
+                    "rule": "pair",
+                    "type": "resource-affinity",
+                    "resources": "vm:101,vm:102",
+                    "affinity": "positive",
+                },
+            ],
+        }
+    )
+    upid = together.migrate(101, "pve2", online=True)
+    assert "hamigrate" in upid
+    together.advance(60)
+    assert [together.guests[v].node for v in (101, 102)] == ["pve2", "pve2"]
