@@ -1,0 +1,1 @@
+"""Benchmarks of the balancer against pvesim (quality, scale); see docs/benchmarks.md."""
