@@ -256,12 +256,13 @@ def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
     token_id: str | None = None
     template = path
     try:
+        # pveproxy authenticates before it looks the handler up
+        token = _authenticate(sim, req.headers)
+        token_id = token.token_id
         rt, vals, _other = _match(method, path)
         if rt is None:
             raise ApiError(501, f"Method '{method} {path}' not implemented")
         template = rt.template
-        token = _authenticate(sim, req.headers)
-        token_id = token.token_id
         me = sim.nodes.get(served_by)
         if me is not None and not me.powered:
             raise ApiError(595, "Connection refused")

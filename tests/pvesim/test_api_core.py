@@ -179,6 +179,8 @@ def test_unknown_path_is_501_and_bad_params_400() -> None:
     status, reason, body = call(sim, "GET", "/nodes/pve1/rrddata")
     assert status == 400 and reason == "Parameter verification failed."
     assert body["errors"] == {"timeframe": "property is missing and it is not optional"}
+    # authentication comes first, as in pveproxy
+    assert call(sim, "GET", "/nodes/pve1/frobnicate", token=None)[0] == 401
 
 
 def test_rrddata_has_minute_history_from_the_start() -> None:
