@@ -145,7 +145,8 @@ def split_by_agent(migrations: Sequence[dict[str, Any]],
         if r.method == "POST" and r.path.endswith("/migrate") and r.status == 200 \
                 and r.token_id == harness.AGENT_TOKEN:
             posts.setdefault(int(r.path.split("/")[4]), []).append(r.time)
-    mine, others = [], []
+    mine: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
     for m in migrations:
         caused = any(0 <= m["start"] - t <= CAUSE_WINDOW for t in posts.get(m["vmid"], ()))
         (mine if caused else others).append(m)

@@ -54,7 +54,7 @@ WARM = 0.4
 
 
 def cluster(nodes: int, guests: int) -> dict[str, Any]:
-    """A cluster of `nodes` × 32 cores with `guests` placed round-robin;
+    """A cluster of `nodes` x 32 cores with `guests` placed round-robin;
     pve1 is asked for ~90 % of its cores, the others ~40 %."""
     per_node = [guests // nodes + (1 if i < guests % nodes else 0) for i in range(nodes)]
     node_specs = []
@@ -143,7 +143,7 @@ def measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     state = PolicyState()
     rng = random.Random(1)
     decision = decide(snapshot, estimates, config, state, rng)
-    policy_times = []
+    policy_times: list[float] = []
     deadline = time.perf_counter() + 3.0
     while len(policy_times) < 20 or (len(policy_times) < 500 and time.perf_counter() < deadline):
         t = time.perf_counter()
@@ -207,8 +207,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| nodes | guests | policy ms (×) | cycle ms (×) | of which simulated API ms | "
-        "client+agent ms (×) | API req/cycle | peak RSS MiB (×) | cycle alloc peak KiB (×) |",
+        "| nodes | guests | policy ms (x) | cycle ms (x) | of which simulated API ms | "
+        "client+agent ms (x) | API req/cycle | peak RSS MiB (x) | cycle alloc peak KiB (x) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
