@@ -33,7 +33,8 @@ import pytest
 
 from tests.integration import trixie_chroot as tc
 
-pytestmark = pytest.mark.slow
+# Creating the chroots (first run) and building count against the first tests.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 DEPENDENCIES = ("python3-proxmoxer", "python3-requests", "python3-yaml", "python3-psutil",
