@@ -450,6 +450,9 @@ class Agent:
             self.last_fields["result"] = "failed"
             return (f"migration of vm {m.vmid} ({m.name}) {m.source} → {m.target} could not "
                     f"start: {exc}; vm {m.vmid} in cooldown for {config.vm_cooldown:.0f} s")
+        # In cooldown from the start, so it stays out even if this agent stops
+        # following it (leadership lost); renewed when the move ends.
+        self.cooldown_until[m.vmid] = now + config.vm_cooldown
         self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source, target=m.target,
                                  mode=m.mode, upid=upid, ha=m.ha_managed, started=now)
         self._record(now, m, "started", decision.reason)

@@ -295,3 +295,53 @@ def test_missing_config_file_means_defaults(tmp_path: Path) -> None:
     source = ConfigSource(tmp_path / "balancer.yaml")
     assert source.refresh()
     assert source.config == Config()
+
+
+class Switchable:
+    """An election whose outcome the test sets."""
+
+    def __init__(self) -> None:
+        self.leading = True
+        self.was = False
+
+    def tick(self, now: float) -> str | None:
+        if self.leading != self.was:
+            self.was = self.leading
+            return "became leader" if self.leading else "lost the leader lock"
+        return None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leading
+
+    def confirm(self, now: float) -> bool:
+        return self.leading
+
+    def release(self) -> None:
+        self.leading = False
+
+    def describe(self) -> str:
+        return "leader" if self.leading else "standby (leader: pve2)"
+
+
+def test_losing_leadership_drops_the_followed_migration_and_a_new_term_starts_fresh() -> None:
+    client = FakeClient()
+    election = Switchable()
+    a = agent(client, election)
+    assert a.run_cycle().startswith("became leader; ")
+    assert a.inflight is not None
+    moving = a.inflight.vmid
+    assert moving in a.cooldown_until, "in cooldown from the start of its move"
+    election.leading = False
+    calls = len(client.calls)
+    assert a.run_cycle() == "lost the leader lock; standby (leader: pve2)"
+    assert a.inflight is None and len(client.calls) == calls, "a standby asks nothing"
+    assert a.last_fields["role"] == "standby"
+    estimator = a.estimator
+    election.leading = True
+    a.clock.sleep(5)  # type: ignore[attr-defined]
+    sentence = a.run_cycle()
+    assert sentence.startswith("became leader; ")
+    assert a.estimator is not estimator, "EMAs restart (warmed from RRD) in a new term"
+    assert "invalidate" in client.calls, "cached rules/options are re-read in a new term"
+    assert a.last_fields["role"] == "leader"
