@@ -281,3 +281,56 @@ def test_ha_failback_to_preferred_node_and_dependent_resources_move_along() -> N
     assert "hamigrate" in upid
     together.advance(60)
     assert [together.guests[v].node for v in (101, 102)] == ["pve2", "pve2"]
+
+
+def test_isolated_node_self_fences_and_ha_guests_recover_elsewhere() -> None:
+    sim = named("ha-guest")
+    sim.advance(20)
+    sim.cut_network("pve2")
+    assert not sim.quorate("pve2") and sim.quorate("pve1")
+    sim.advance(30)
+    assert sim.guests[102].running and sim.guests[102].node == "pve2"  # still running, cut off
+    sim.advance(sim.params.self_fence_delay)
+    assert not sim.guests[102].running  # the watchdog reset the node
+    sim.advance(sim.params.fence_delay)
+    g = sim.guests[102]
+    assert g.running and g.node not in ("pve2", sim.guests[101].node)
+
+
+def test_two_of_three_down_loses_quorum_everywhere() -> None:
+    sim = named("balanced-3node")
+    sim.power_off("pve2")
+    assert sim.quorate("pve1")
+    sim.power_off("pve3")
+    assert not sim.quorate("pve1")
+    sim.power_on("pve3")
+    assert sim.quorate("pve1") and sim.quorate("pve3")
+    # non-HA guests stay stopped after the power cycle
+    assert not sim.guests[301].running
+
+
+def test_scenario_events_fire_on_time() -> None:
+    sim = from_dict(
+        TWO_NODES
+        | {
+            "nodes": TWO_NODES["nodes"] + [{"name": "pve3"}],
+            "events": [
+                {"at": 100, "action": "power_off", "node": "pve2"},
+                {"at": 200, "action": "power_on", "node": "pve2"},
+                {"at": 50, "action": "set_demand", "vmid": 103, "cpu": 2},
+                {"at": 300, "action": "maintenance", "node": "pve3", "on": True},
+                {"at": 400, "action": "migrate", "vmid": 103, "target": "pve2"},
+            ],
+        }
+    )
+    sim.advance(99)
+    assert sim.nodes["pve2"].powered and sim.guests[103].live_demand == 2
+    sim.advance(2)
+    assert not sim.nodes["pve2"].powered
+    sim.advance(100)
+    assert sim.nodes["pve2"].powered
+    sim.advance(100)
+    assert sim.nodes["pve3"].maintenance
+    sim.advance(130)
+    assert sim.guests[103].node == "pve2"
+    assert [m.user for m in sim.metrics.migrations] == ["root@pam"]
