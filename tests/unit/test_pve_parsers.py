@@ -268,3 +268,24 @@ def test_parsers_read_only_fields_the_schema_declares() -> None:
             "has-dbus-vmstate"} <= migrate
     task = _schema_fields("/nodes/{node}/tasks/{upid}/status")
     assert {"status", "exitstatus", "upid", "type", "id", "starttime"} <= task
+
+
+def test_connect_refuses_plain_http_and_a_missing_ca(tmp_path: Path) -> None:
+    token = ApiToken.parse("pve-balancer@pve!agent=s")
+    with pytest.raises(PveError, match="only https"):
+        pve.connect("http://localhost:8006", token, verify=True)
+    with pytest.raises(PveError, match=r"CA file .* does not exist"):
+        pve.connect("https://localhost:8006", token, verify=str(tmp_path / "missing.pem"))
+    client = pve.connect("https://[::1]:8443", token, verify=True)
+    assert client.api._store["base_url"] == "https://[::1]:8443/api2/json"
+
+
+def test_world_readable_token_file_is_warned_about(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "pve-balancer.token"
+    path.write_text("pve-balancer@pve!agent=s3cret\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        ApiToken.read(path)
+    assert "readable by group/others" in caplog.text
+    assert "s3cret" not in caplog.text
