@@ -1,0 +1,419 @@
+"""A simulated cluster with real agents: `python -m pvesim serve --pmxcfs`
+plus one `pve-balancer run` process per node, and what the tests (and the
+demo) need to watch them.
+
+Everything is a real process: the simulator serves each node's API over
+HTTPS and each node's `/etc/pve` as a FUSE mount of the pmxcfs emulator;
+every agent talks to its own node's API with its own `--pve-root` mount, so
+its `mkdir`/`utime`/`rmdir` calls are real syscalls on that mount.
+
+Who did what is read from three independent sources:
+- the agents' own output (each line time-stamped by the agent: role
+  changes "became leader ..." / "stepped down: ...", migrations);
+- the simulator's request log (`served_by` is the node whose API got the
+  request, and each agent only talks to its own node's API);
+- the pmxcfs emulator's status (which node last wrote the lock, and how
+  long ago), through the control socket named in the connection file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pvesim.control import ControlClient
+from pvesim.pmxcfs import cleanup_mounts, fuse_available
+from pvesim.pmxcfs.ctl import send as pmxcfs_send
+from pvesim.pmxcfs.mounts import mounted_fuse_paths
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "tests" / "scenarios"
+LAB_SCENARIO = SCENARIOS / "lab-three-agents.yaml"
+LOCK_NAME = "pve-balancer"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Lock lifetime (pmxcfs emulator) and the agents' election timing.
+
+    The agent ticks its election once per cycle (`interval` from
+    balancer.yaml), so renews and standby attempts happen at most once per
+    cycle: the effective retry is max(retry, interval)."""
+
+    lifetime: int
+    renew: float
+    safety: float
+    retry: float
+
+    def agent_args(self) -> list[str]:
+        return ["--renew-interval", f"{self.renew:g}", "--safety-bound", f"{self.safety:g}",
+                "--retry-interval", f"{self.retry:g}"]
+
+
+# Scaled like production (renew 1/12, safety 1/2 of the lifetime) but with a
+# renew every cycle so a 2 s cycle keeps a 10 s lock fresh.
+FAST = Timing(lifetime=10, renew=2.0, safety=5.0, retry=2.0)
+# pmxcfs's real lifetime and the agent's production defaults.
+REAL = Timing(lifetime=120, renew=10.0, safety=60.0, retry=5.0)
+
+
+def require_fuse() -> None:
+    """These tests need FUSE as root; without it they fail (never skip)."""
+    import pytest
+
+    reason = fuse_available()
+    if reason:
+        pytest.fail(f"needs FUSE as root: {reason}", pytrace=False)
+
+
+def wait_for(what: str, probe: Callable[[], T], limit: float, step: float = 0.1) -> T:
+    """Poll until `probe` returns something truthy; AssertionError after
+    `limit` seconds (a bound on a wait, not a speed measurement)."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {limit:g} s waiting for {what}")
+        time.sleep(step)
+
+
+def write_scenario(directory: Path, source: Path = LAB_SCENARIO,
+                   balancer_config: dict[str, Any] | None = None) -> Path:
+    """A copy of `source` starting at the current wall time (the agents'
+    clock), with `balancer_config` keys overridden."""
+    doc = yaml.safe_load(source.read_text(encoding="utf-8"))
+    doc["start_time"] = int(time.time())
+    if balancer_config:
+        doc["balancer_config"] = {**(doc.get("balancer_config") or {}), **balancer_config}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / source.name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------- the agents
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) (.*)$")
+
+
+@dataclass(frozen=True)
+class Line:
+    t: float  # the agent's own timestamp (unix seconds)
+    level: str
+    text: str
+
+
+def _parse(raw: str, arrived: float) -> Line:
+    m = _STAMP.match(raw)
+    if not m:
+        return Line(arrived, "", raw)
+    stamp = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return Line(stamp, m.group(2), m.group(3))
+
+
+@dataclass(frozen=True)
+class RoleEvent:
+    t: float
+    leader: bool
+    text: str
+
+
+def role_events(lines: Iterable[Line]) -> list[RoleEvent]:
+    """Role changes in the agent's journal lines. A line may carry both
+    ("stepped down: ...; became leader ..."), in that order."""
+    events: list[RoleEvent] = []
+    for line in lines:
+        down = line.text.find("stepped down")
+        up = line.text.find("became leader")
+        found = sorted((pos, leader) for pos, leader in ((down, False), (up, True)) if pos >= 0)
+        events.extend(RoleEvent(line.t, leader, line.text) for _, leader in found)
+    return events
+
+
+@dataclass
+class Agent:
+    """One `pve-balancer run` process for one node."""
+
+    node: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started: float
+    lines: list[Line] = field(default_factory=list)
+    signalled: tuple[float, int] | None = None  # (wall time, signal)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _reader: threading.Thread | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.log_path.open("a", encoding="utf-8") as log:
+            for raw in self.proc.stdout:
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                line = _parse(text, time.time())
+                log.write(text + "\n")
+                log.flush()
+                with self._lock:
+                    self.lines.append(line)
+
+    def snapshot(self) -> list[Line]:
+        with self._lock:
+            return list(self.lines)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def events(self) -> list[RoleEvent]:
+        return role_events(self.snapshot())
+
+    def leading(self) -> bool:
+        """Says it leads (last role change) and has not been stopped."""
+        evs = self.events()
+        return bool(evs) and evs[-1].leader and self.alive and self.signalled is None
+
+    def became_leader_after(self, t: float) -> RoleEvent | None:
+        return next((e for e in self.events() if e.leader and e.t >= t), None)
+
+    def text(self) -> str:
+        return "\n".join(f"{x.t:.3f} {x.level} {x.text}" for x in self.snapshot())
+
+    def signal(self, sig: int) -> float:
+        t = time.time()
+        self.signalled = (t, sig)
+        self.proc.send_signal(sig)
+        return t
+
+    def wait(self, timeout: float = 30.0) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return rc
+
+    def stop(self) -> None:
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def agent_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    # Plain time-stamped stderr lines, not the journal, even when this
+    # process itself runs under systemd.
+    env.pop("INVOCATION_ID", None)
+    env.pop("JOURNAL_STREAM", None)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    return env
+
+
+# --------------------------------------------------------------- the cluster
+
+@dataclass
+class Lab:
+    """A running `pvesim serve --pmxcfs` and its agents."""
+
+    proc: subprocess.Popen[bytes]
+    conn: dict[str, Any]
+    workdir: Path
+    timing: Timing
+    start_time: float
+    agents: dict[str, list[Agent]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, workdir: Path, scenario: Path, timing: Timing, speed: float = 1.0,
+              extra: Iterable[str] = (), wait: float = 90.0) -> Lab:
+        require_fuse()
+        workdir.mkdir(parents=True, exist_ok=True)
+        # A short state dir: the emulator's control socket lives next to it.
+        state = Path(tempfile.mkdtemp(prefix="lab-", dir="/tmp"))
+        conn_path = workdir / "connection.json"
+        conn_path.unlink(missing_ok=True)  # never read a previous run's file
+        log_path = workdir / "serve.log"
+        start_time = float(yaml.safe_load(scenario.read_text())["start_time"])
+        cmd = [sys.executable, "-m", "pvesim", "serve", "--scenario", str(scenario),
+               "--connection-file", str(conn_path), "--pmxcfs", "--isolated-api", "local",
+               "--pmxcfs-lifetime", str(timing.lifetime), "--speed", f"{speed:g}",
+               "--state-dir", str(state), *extra]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=agent_env(), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        deadline = time.monotonic() + wait
+        while not conn_path.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"pvesim serve exited {proc.returncode}:\n"
+                                     f"{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(timeout=10)
+                cleanup_mounts(state)
+                raise AssertionError(f"no connection file after {wait} s:\n"
+                                     f"{log_path.read_text()}")
+            time.sleep(0.05)
+        conn = json.loads(conn_path.read_text())
+        return cls(proc=proc, conn=conn, workdir=workdir, timing=timing, start_time=start_time)
+
+    # -- controls and views
+    @property
+    def ctl(self) -> ControlClient:
+        return ControlClient.from_connection(self.conn)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.conn["nodes"])
+
+    def pve_root(self, node: str) -> Path:
+        return Path(self.conn["nodes"][node]["pve_root"])
+
+    def sim_now(self) -> float:
+        return float(self.ctl.state()["now"])
+
+    def lock_status(self) -> dict[str, Any] | None:
+        """The emulator's view of the balancer lock: writer node, age in
+        seconds since its create/last renew, expired; None when absent."""
+        answer = pmxcfs_send(str(self.conn["pmxcfs_control"]), {"op": "status"})
+        if not answer.get("ok"):
+            raise AssertionError(f"pmxcfs status failed: {answer}")
+        lock = answer.get("locks", {}).get(LOCK_NAME)
+        return dict(lock) if lock else None
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self.ctl.requests()["entries"])
+
+    def migrate_posts(self) -> list[dict[str, Any]]:
+        return [e for e in self.requests()
+                if e["method"] == "POST" and e["path"].endswith("/migrate")]
+
+    def migrations(self) -> list[dict[str, Any]]:
+        return list(self.ctl.metrics()["migrations"]["list"])
+
+    def node_memory(self) -> dict[str, float]:
+        """Memory fraction per node as the API publishes it (root token)."""
+        import requests
+
+        token = f"root@pam!admin={self.conn['tokens']['root@pam!admin']}"
+        url = self.conn["api_url"] + "/api2/json/cluster/resources?type=node"
+        resp = requests.get(url, headers={"Authorization": f"PVEAPIToken={token}"},
+                            verify=self.conn["ca_cert"], timeout=10)
+        resp.raise_for_status()
+        return {n["node"]: n["mem"] / n["maxmem"] for n in resp.json()["data"]
+                if n.get("maxmem")}
+
+    # -- agents
+    def start_agent(self, node: str, timing: Timing | None = None,
+                    extra: Iterable[str] = ()) -> Agent:
+        timing = timing or self.timing
+        info = self.conn["nodes"][node]
+        n = len(self.agents.get(node, []))
+        log_path = self.workdir / f"agent-{node}-{n}.log"
+        cmd = [sys.executable, "-m", "pve_balancer", "--pve-root", info["pve_root"],
+               "--node", node, "--api-url", info["api_url"], "run", *timing.agent_args(),
+               *extra]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        agent = Agent(node=node, proc=proc, log_path=log_path, started=time.time())
+        agent._reader = threading.Thread(target=agent._read, name=f"agent-{node}", daemon=True)
+        agent._reader.start()
+        self.agents.setdefault(node, []).append(agent)
+        return agent
+
+    def all_agents(self) -> list[Agent]:
+        return [a for runs in self.agents.values() for a in runs]
+
+    def leaders(self) -> list[Agent]:
+        return [a for a in self.all_agents() if a.leading()]
+
+    def wait_leader(self, limit: float = 30.0, among: Iterable[Agent] | None = None) -> Agent:
+        pool = list(among) if among is not None else None
+
+        def probe() -> Agent | None:
+            current = [a for a in (pool or self.all_agents()) if a.leading()]
+            return current[0] if len(current) == 1 else None
+
+        return wait_for("exactly one agent to lead", probe, limit)
+
+    def overlaps(self) -> list[str]:
+        """Pairs of leadership terms of different agents that overlap in
+        time (by the agents' own timestamps). A term ends at the agent's
+        step-down line, its SIGKILL, or its last line after SIGTERM."""
+        terms: list[tuple[float, float, str]] = []
+        for agent in self.all_agents():
+            lines = agent.snapshot()
+            end_of_life = float("inf")
+            if agent.signalled is not None:
+                t_sig, sig = agent.signalled
+                end_of_life = t_sig if sig == signal.SIGKILL else max(
+                    [t_sig, *(x.t for x in lines)])
+            start: float | None = None
+            for ev in role_events(lines):
+                if ev.leader and start is None:
+                    start = ev.t
+                elif not ev.leader and start is not None:
+                    terms.append((start, ev.t, f"{agent.node}#{agent.proc.pid}"))
+                    start = None
+            if start is not None:
+                terms.append((start, end_of_life, f"{agent.node}#{agent.proc.pid}"))
+        found = []
+        terms.sort()
+        for i, (a0, a1, who_a) in enumerate(terms):
+            for b0, b1, who_b in terms[i + 1:]:
+                if who_a != who_b and b0 < a1 and a0 < b1:
+                    found.append(f"{who_a} [{a0:.3f}, {a1:.3f}] overlaps {who_b} "
+                                 f"[{b0:.3f}, {b1:.3f}]")
+        return found
+
+    def report(self) -> str:
+        """Everything a failing assertion should show."""
+        parts = []
+        for agent in self.all_agents():
+            parts.append(f"--- agent {agent.node} pid {agent.proc.pid} "
+                         f"(rc {agent.proc.poll()}):\n{agent.text()[-4000:]}")
+        with contextlib.suppress(OSError):
+            parts.append("--- serve:\n" + (self.workdir / "serve.log").read_text()[-2000:])
+        return "\n".join(parts)
+
+    def stop(self) -> int | None:
+        for agent in self.all_agents():
+            agent.stop()
+        rc: int | None = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait(timeout=10)
+        else:
+            rc = self.proc.returncode
+        state = Path(self.conn["state_dir"])
+        cleanup_mounts(state)
+        if not mounted_fuse_paths(state):
+            shutil.rmtree(state, ignore_errors=True)
+        return rc
