@@ -128,7 +128,8 @@ def run(scenario: Scenario | dict[str, Any] | str | Path, *, seed: int, duration
         def keep(sentence: str) -> None:
             result.sentences.append((sim.now, sentence))
             if agent.last_fields.get("result") == "started":
-                result.started.append(dict(agent.last_fields))
+                result.started.append({**agent.last_fields, "time": sim.now,
+                                       "sentence": sentence})
 
         while sim.now < end - 1e-6:
             span = min(chunk, end - sim.now)

@@ -191,8 +191,23 @@ def summarize(result: harness.RunResult) -> dict[str, Any]:
             "api_requests_per_cycle": round(result.agent_requests / max(1, result.cycles), 3),
             "migrations_started_by_mode": _count([str(f.get("mode")) for f in result.started]),
             "wall_ms_per_cycle": round(1000 * result.wall_seconds / max(1, result.cycles), 3),
+            "sentence_kinds": _count([_kind(s) for _, s in result.sentences]),
+            "decisions_started": [
+                {"t_hours": round((float(str(f["time"])) - sim.metrics.start) / 3600, 3),
+                 "sentence": f["sentence"]}
+                for f in result.started
+            ][:MAX_LISTED],
         }
     return out
+
+
+MAX_LISTED = 200
+
+
+def _kind(sentence: str) -> str:
+    """A journal sentence's wording class (first words, no numbers)."""
+    words = [w for w in sentence.split()[:3] if not any(c.isdigit() for c in w)]
+    return " ".join(words[:2])
 
 
 def _count(items: Sequence[str]) -> dict[str, int]:
