@@ -280,3 +280,26 @@ def test_installed_agent_checks_plans_and_migrates_in_pvesim(
             agent.wait(timeout=10)
         lab.stop()
         print("timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
+
+
+def test_purge_removes_the_node_files_and_keeps_the_cluster_configuration(
+    installed: Installed,
+) -> None:
+    root = installed.root
+    etc_pve = root / "etc/pve"
+    etc_pve.mkdir(exist_ok=True)
+    (etc_pve / "balancer.yaml").write_text("cpu_max: 0.7\n")
+    try:
+        proc = tc.run(root, ["apt-get", "purge", "-y", "-q", "pve-balancer"], check=False,
+                      capture=True)
+        assert proc.returncode == 0, proc.stdout
+        assert "kept the cluster-wide /etc/pve/balancer.yaml" in proc.stdout
+        assert (etc_pve / "balancer.yaml").read_text() == "cpu_max: 0.7\n"
+        assert not (root / "usr/lib/python3/dist-packages/pve_balancer").exists()
+        assert not (root / "etc/systemd/system/multi-user.target.wants/pve-balancer.service"
+                    ).is_symlink()
+        status = tc.run(root, ["dpkg-query", "-W", "-f=${db:Status-Abbrev}", "pve-balancer"],
+                        check=False, capture=True).stdout
+        assert not status.startswith(("ii", "rc")), status
+    finally:
+        shutil.rmtree(etc_pve)
