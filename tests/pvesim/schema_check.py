@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_PATH = Path("/work/shared/pve-api/apidata-pve-9.1.json.gz")
+from tests.shared_data import PVE_API_SCHEMA
+
+SCHEMA_PATH = PVE_API_SCHEMA
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
