@@ -291,3 +291,29 @@ def test_maintenance_node_and_pinned_guests_are_respected() -> None:
     paths = [p.path for p in lab.migrate_posts()]
     assert paths == ["/nodes/pve1/qemu/104/migrate"], paths
     assert lab.node_of(104) == "pve3"
+
+
+def test_migrate_post_is_live_with_conntrack_state_on_pve9() -> None:
+    from pvesim.cluster import Simulator
+    from tests.conftest import attach_client, scenario_from
+
+    sim = Simulator(scenario_from(cpu_hotspot()))
+    seen: list[Any] = []
+
+    class Recorder:
+        def handle(self, request: Any) -> Any:
+            seen.append(request)
+            return sim.handle(request)
+
+        def node_reachable(self, name: str) -> bool:
+            return bool(sim.node_reachable(name))
+
+    client = attach_client(sim, "pve1", handler=Recorder())
+    upid = client.migrate("pve1", 104, "pve2")
+    post = next(r for r in seen if r.method == "POST")
+    assert post.path == "/nodes/pve1/qemu/104/migrate"
+    assert post.params == {"target": "pve2", "online": "1", "with-conntrack-state": "1"}
+    assert post.headers["authorization"].startswith("PVEAPIToken=pve-balancer@pve!agent=")
+    assert client.task_status(upid).running
+    assert [r.path for r in seen if r.method == "GET"] == ["/version",
+                                                           f"/nodes/pve1/tasks/{upid}/status"]
