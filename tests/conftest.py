@@ -9,13 +9,10 @@ simulator's request log.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from pve_balancer.agent import Agent, ConfigSource
 from pve_balancer.config import Config
@@ -159,12 +156,6 @@ def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None
     daemon = Daemon(agent, clock, Notifier(send), sleep_slice=3600.0)
     return Lab(sim=sim, agent=agent, daemon=daemon, client=client, node=node,
                notifications=notes, started_at=sim.now, faults=injector)
-
-
-@pytest.fixture
-def quiet_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    caplog.set_level(logging.INFO, logger="pve_balancer")
-    yield caplog
 
 
 def nodes_spec(count: int, cores: int = 16, memory: str = "64GiB",
