@@ -14,8 +14,9 @@ import pytest
 from pve_balancer import pve
 from pve_balancer.calendar import ScheduleError, next_start, parse_schedule
 from pve_balancer.pve import ApiToken, BackupJob, PveError, TokenError
+from tests.shared_data import PVE_API_SCHEMA
 
-SCHEMA = Path("/work/shared/pve-api/apidata-pve-9.1.json.gz")
+SCHEMA = PVE_API_SCHEMA
 GIB = 1 << 30
 
 RESOURCES = [
