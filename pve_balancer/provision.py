@@ -377,11 +377,12 @@ class _Setup:
             self.say(f"{self.token_file} holds the operator's token {foreign}; not touching it")
             self.install_config()
             return
-        self.install_config()
+        # pveum first: where it cannot run, nothing is left half done.
         self.ensure_role()
         self.ensure_user()
         self.ensure_token()
         self.ensure_acl()
+        self.install_config()
         self.say(f"done: {USER} has {ROLE} on / via token {TOKEN_ID}")
 
     def remove(self) -> None:

@@ -282,6 +282,104 @@ def test_installed_agent_checks_plans_and_migrates_in_pvesim(
         print("timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
 
 
+# A stand-in for PVE's `pveum` inside the chroot: keeps roles, users, tokens
+# and ACLs in a JSON file and answers the way pveum does with
+# --output-format json. Every call is appended to a log the test reads.
+FAKE_PVEUM = r"""#!/usr/bin/python3
+import json, sys
+from pathlib import Path
+state_path = Path("/var/lib/fake-pveum/state.json")
+state = json.loads(state_path.read_text()) if state_path.exists() else {
+    "roles": {}, "users": ["root@pam"], "tokens": {}, "acls": []}
+args = [a for a in sys.argv[1:] if a not in ("--output-format", "json")]
+with open("/var/lib/fake-pveum/calls.log", "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\n")
+def opt(name):
+    return args[args.index(name) + 1]
+out = None
+if args[:2] == ["role", "list"]:
+    out = [{"roleid": r, "privs": p, "special": 0} for r, p in state["roles"].items()]
+elif args[:2] in (["role", "add"], ["role", "modify"]):
+    state["roles"][args[2]] = opt("--privs")
+elif args[:2] == ["user", "list"]:
+    out = [{"userid": u} for u in state["users"]]
+elif args[:2] == ["user", "add"]:
+    state["users"].append(args[2])
+elif args[:3] == ["user", "token", "list"]:
+    out = [{"tokenid": t} for t in state["tokens"].get(args[3], [])]
+elif args[:3] == ["user", "token", "add"]:
+    state["tokens"].setdefault(args[3], []).append(args[4])
+    out = {"full-tokenid": args[3] + "!" + args[4], "info": {"privsep": opt("--privsep")},
+           "value": "5ec2e7aa-0000-4000-8000-000000000001"}
+elif args[:2] == ["acl", "modify"]:
+    state["acls"].append([args[2], opt("--roles"), opt("--users"), opt("--tokens")])
+else:
+    sys.exit("fake pveum: unexpected " + " ".join(args))
+state_path.write_text(json.dumps(state))
+if out is not None:
+    print(json.dumps(out))
+"""
+
+
+def test_postinst_sets_up_the_cluster_once_on_emulated_pmxcfs(
+    installed: Installed, built: Built, tmp_path: Path
+) -> None:
+    """The postinst's success path: /etc/pve is a (pvesim) pmxcfs FUSE mount,
+    quorate, and `pveum` answers; an upgrade re-runs it and changes nothing."""
+    from pvesim.pmxcfs import PmxcfsEmulator
+
+    root = installed.root
+    fake_state = root / "var/lib/fake-pveum"
+    if fake_state.exists():
+        shutil.rmtree(fake_state)
+    fake_state.mkdir(parents=True)
+    # Where PVE has it: apt runs maintainer scripts without /usr/local in PATH.
+    pveum = root / "usr/bin/pveum"
+    pveum.write_text(FAKE_PVEUM)
+    pveum.chmod(0o755)
+    etc_pve = root / "etc/pve"
+    etc_pve.mkdir(exist_ok=True)
+    emulator = PmxcfsEmulator(tmp_path / "pmxcfs", ["pve1", "pve2"])
+    emulator.start()
+    try:
+        subprocess.run(["mount", "--bind", str(emulator.mounts["pve1"]), str(etc_pve)],
+                       check=True)
+        reinstall = tc.run(root, ["apt-get", "install", "--reinstall", "-y",
+                                  f"/tmp/{built.deb.name}"], check=False, capture=True)
+        assert reinstall.returncode == 0, reinstall.stdout
+        assert "created privilege-separated token pve-balancer@pve!agent" in reinstall.stdout, (
+            reinstall.stdout[-3000:])
+        calls = (fake_state / "calls.log").read_text().splitlines()
+        assert [c for c in calls if " list" not in f" {c}"] == [
+            "role add PVEBalancer --privs Sys.Audit,VM.Audit,VM.Migrate",
+            "user add pve-balancer@pve --comment pve-balancer agent (API token only)",
+            "user token add pve-balancer@pve agent --privsep 1 --comment"
+            " pve-balancer agent on every node --output-format json",
+            "acl modify / --roles PVEBalancer --users pve-balancer@pve"
+            " --tokens pve-balancer@pve!agent",
+        ]
+        # Written through FUSE on pve1, visible on pve2 as on a real cluster.
+        secret_line = "pve-balancer@pve!agent=5ec2e7aa-0000-4000-8000-000000000001\n"
+        other_node = emulator.mounts["pve2"]
+        assert (other_node / "priv/pve-balancer.token").read_text() == secret_line
+        assert (other_node / "balancer.yaml").read_text().startswith("# Installed by")
+        assert sorted(p.name for p in (other_node / "priv/lock").iterdir()) == []
+        check = tc.run(root, ["pve-balancer", "check-config"], check=False, capture=True)
+        assert check.returncode == 0 and "/etc/pve/balancer.yaml: OK" in check.stdout, check.stdout
+
+        (fake_state / "calls.log").write_text("")
+        again = tc.run(root, ["pve-balancer", "setup"], check=False, capture=True)
+        assert again.returncode == 0, again.stdout
+        calls = (fake_state / "calls.log").read_text().splitlines()
+        assert not [c for c in calls if " add " in f" {c} "], calls
+        assert (other_node / "priv/pve-balancer.token").read_text() == secret_line
+    finally:
+        subprocess.run(["umount", str(etc_pve)], check=False)
+        emulator.stop()
+        pveum.unlink()
+        shutil.rmtree(etc_pve, ignore_errors=True)
+
+
 def test_purge_removes_the_node_files_and_keeps_the_cluster_configuration(
     installed: Installed,
 ) -> None:

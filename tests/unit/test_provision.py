@@ -263,10 +263,12 @@ def test_missing_pveum_is_impossible_not_a_crash(tmp_path: Path) -> None:
 
     out = io.StringIO()
     rc = provision.run_setup(root, if_possible=True, runner=no_pveum, require_fuse=False,
-                             example_configs=[], out=out, err=io.StringIO())
+                             example_configs=[_example(tmp_path)], out=out,
+                             err=io.StringIO())
     assert rc == 0
     assert "pveum is not installed" in out.getvalue()
     assert not (root / "priv" / "lock" / "pve-balancer-setup").exists()
+    assert sorted(p.name for p in root.iterdir()) == [".members", "priv"], "nothing half done"
 
 
 def test_failing_pveum_step_exits_1_names_the_command_and_releases_the_lock(
