@@ -321,6 +321,7 @@ if out is not None:
 """
 
 
+@pytest.mark.fuse
 def test_postinst_sets_up_the_cluster_once_on_emulated_pmxcfs(
     installed: Installed, built: Built, tmp_path: Path
 ) -> None:
