@@ -79,12 +79,13 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def chroots() -> dict[str, Path]:
+def chroots() -> Iterator[dict[str, Path]]:
     assert os.geteuid() == 0, "the packaging test needs root (debootstrap, chroot, mount)"
     start = time.monotonic()
     roots = {flavour: tc.ensure_chroot(flavour) for flavour in ("build", "target")}
     TIMINGS["chroots ready"] = time.monotonic() - start
-    return roots
+    yield roots
+    print("\npackage test timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +280,120 @@ def test_installed_agent_checks_plans_and_migrates_in_pvesim(
             agent.kill()
             agent.wait(timeout=10)
         lab.stop()
-        print("timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
+
+
+# Runs inside the booted container once the service had time to work: the
+# unit's state, the sandbox as the kernel sees it for the main process, the
+# journal, then an orderly stop. Written to /var/tmp/result, then poweroff.
+CHECK_SCRIPT = """#!/bin/sh
+sleep 20
+{
+  systemctl show pve-balancer -p ActiveState -p SubState -p NRestarts -p StatusText
+  P=$(systemctl show -P MainPID pve-balancer)
+  grep -E "^(CapEff|CapBnd|NoNewPrivs|Seccomp):" /proc/$P/status
+  echo "uid_map: $(cat /proc/$P/uid_map | xargs)"
+  awk '$5 == "/" || $5 == "/etc/pve" || $5 == "/proc" {print "mount", $5, $6, $NF}' \\
+      /proc/$P/mountinfo
+  journalctl -b -u pve-balancer --no-pager -o cat
+  systemctl stop pve-balancer
+  echo "after stop: $(systemctl show pve-balancer -p ExecMainStatus -p ActiveState | xargs)"
+  echo "locks: $(ls /etc/pve/priv/lock | xargs)"
+} > /var/tmp/result 2>&1
+systemctl poweroff
+"""
+
+CHECK_UNIT = """[Unit]
+Description=report on pve-balancer.service, then power off
+After=pve-balancer.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/pb-check
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_service_runs_sandboxed_under_systemd_in_a_booted_trixie(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The unit as shipped (only ExecStart pointed at the simulator) under
+    trixie's systemd 257, booted with systemd-nspawn: READY/STATUS reach
+    systemd, the hardening is in force for the main process, the agent
+    migrates through the sandbox, and a stop releases the lock."""
+    from pvesim.control import ControlClient
+    from tests.pvesim.conftest import start_lab
+
+    if not shutil.which("systemd-nspawn"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                        "systemd-container"], check=True, capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    boot = installed.root.parent / "nspawn"
+    if boot.exists():
+        shutil.rmtree(boot)
+    # The target is mounted (/proc, /sys, /dev, /run) while these tests run:
+    # copy its own file system only, never what is mounted on it.
+    subprocess.run(["cp", "-a", "--one-file-system", str(installed.root), str(boot)],
+                   check=True)
+    for point in ("proc", "sys", "dev", "run"):
+        (boot / point).mkdir(exist_ok=True)
+    assert not list((boot / "proc").iterdir()), "mounted file systems must not be copied"
+    (boot / tc.STAMP_NAME).unlink()
+    (boot / "usr/sbin/policy-rc.d").unlink()  # this one boots: services do start
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    lab = start_lab(tmp_path / "lab", scenario, "--speed", "4", "--seed", "7")
+    try:
+        with tc.mounted(boot):
+            tc.run(boot, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                          "systemd-sysv", "dbus"], capture=True)
+        conn = lab.conn
+        pve_root = tmp_path / "etc-pve"
+        (pve_root / "priv" / "lock").mkdir(parents=True)
+        (pve_root / "priv").chmod(0o700)
+        shutil.copyfile(conn["ca_cert"], pve_root / "pve-root-ca.pem")
+        (pve_root / "priv/pve-balancer.token").write_text(
+            f"{conn['token_id']}={conn['token_secret']}\n")
+        (pve_root / "balancer.yaml").write_text("interval: 2\n")
+        dropin = boot / "etc/systemd/system/pve-balancer.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "simulator.conf").write_text(
+            "[Service]\nExecStart=\nExecStart=/usr/bin/pve-balancer --node pve1"
+            f" --api-url {conn['nodes']['pve1']['api_url']} run\n")
+        check = boot / "usr/local/sbin/pb-check"
+        check.write_text(CHECK_SCRIPT)
+        check.chmod(0o755)
+        (boot / "etc/systemd/system/pb-check.service").write_text(CHECK_UNIT)
+        (boot / "etc/systemd/system/multi-user.target.wants/pb-check.service").symlink_to(
+            "/etc/systemd/system/pb-check.service")
+        start = time.monotonic()
+        nspawn = subprocess.run(
+            ["systemd-nspawn", "-q", "-D", str(boot), "-b", "--register=no", "--keep-unit",
+             f"--bind={pve_root}:/etc/pve", "--console=pipe", "--machine=pve-balancer-test"],
+            check=False, capture_output=True, text=True, timeout=240)
+        TIMINGS["boot, run, stop under systemd"] = time.monotonic() - start
+        result = (boot / "var/tmp/result").read_text() if (
+            boot / "var/tmp/result").exists() else f"no result; nspawn said:\n{nspawn.stdout}"
+        assert "ActiveState=active" in result and "NRestarts=0" in result, result
+        assert re.search(r"^StatusText=leader", result, re.M), result  # STATUS= reached systemd
+        assert re.search(r"^CapEff:\s+0+$", result, re.M), result
+        assert re.search(r"^CapBnd:\s+0+$", result, re.M), result
+        assert re.search(r"^NoNewPrivs:\s+1$", result, re.M), result
+        assert re.search(r"^Seccomp:\s+2$", result, re.M), result
+        assert "uid_map: 0 0 1" in result, result  # PrivateUsers=yes
+        assert re.search(r"^mount / ro,", result, re.M), result  # ProtectSystem=strict
+        assert re.search(r"^mount /etc/pve rw,", result, re.M), result
+        assert re.search(r"^mount /proc .*subset=pid", result, re.M), result
+        assert "became leader" in result and "migrated vm" in result, result
+        assert "after stop: ExecMainStatus=0 ActiveState=inactive" in result, result
+        assert re.search(r"^locks: *$", result, re.M), result  # released on stop
+        migrations = ControlClient.from_connection(conn).metrics()["migrations"]["list"]
+        assert [m["ok"] for m in migrations if m["user"] == conn["token_id"]] == [True]
+    finally:
+        lab.stop()
+        tc.unmount_all(boot)  # raises rather than let rmtree reach into a mount
+        shutil.rmtree(boot, ignore_errors=True)
 
 
 # A stand-in for PVE's `pveum` inside the chroot: keeps roles, users, tokens

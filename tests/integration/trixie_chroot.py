@@ -126,7 +126,7 @@ def ensure_chroot(flavour: str, base: Path = DEFAULT_BASE) -> Path:
     staging = base / f"{flavour}.partial"
     for stale in (staging, root):
         if stale.exists():
-            _unmount_all(stale)
+            unmount_all(stale)
             shutil.rmtree(stale)
     base.mkdir(parents=True, exist_ok=True)
     try:
@@ -160,7 +160,7 @@ def _mountpoints_under(root: Path) -> list[str]:
     return points
 
 
-def _unmount_all(root: Path) -> None:
+def unmount_all(root: Path) -> None:
     """Unmount everything below ``root``, deepest first (lazily as a last resort)."""
     for point in sorted(_mountpoints_under(root), key=len, reverse=True):
         if subprocess.run(["umount", point], check=False).returncode != 0:
@@ -188,7 +188,7 @@ def mounted(root: Path) -> Iterator[Path]:
             _host(["mount", *args, str(target)])
         yield root
     finally:
-        _unmount_all(root)
+        unmount_all(root)
 
 
 def _command(root: Path, cmd: Sequence[str], env: dict[str, str] | None) -> list[str]:
