@@ -14,7 +14,8 @@ What runs (all real processes, all on 127.0.0.1):
 The script prints what the agents say as it happens (role changes,
 decisions, migrations), a cluster line now and then, and its own
 commentary; then a summary, a PNG of the run (pvesim.plot) and the logs.
-It exits 0 when a hotspot was relieved and a failover happened, 1 if not.
+It exits 0 when a hotspot was relieved, a failover happened and the plot
+was written; 1 if not, 2 without FUSE, 130 when interrupted.
 Every process and mount it started is removed on exit, on Ctrl-C and on
 SIGTERM.
 """
@@ -487,7 +488,7 @@ def print_summary(screen: Screen, doc: dict[str, Any]) -> None:
     if reqs:
         p("agent API calls:  " + ", ".join(f"{n} {c}" for n, c in sorted(reqs.items()))
           + " (standbys make none)")
-    p(f"plot:             {doc['plot'] or 'not written'}")
+    p(f"plot:             {doc['plot'] or 'NOT written (see pvesim.log)'}")
     p(f"logs and metrics: {doc['output']}")
 
 
@@ -555,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     doc = demo.summary(ok)
     print_summary(screen, doc)
-    success = bool(doc["hotspot_relieved"] and doc["failover"])
+    success = bool(doc["hotspot_relieved"] and doc["failover"] and doc["plot"])
     return 0 if success else 1
 
 
