@@ -22,6 +22,7 @@ per agent run (bench/results/quality-<scenario>.png; baselines with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -35,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import harness  # noqa: E402
+from pve_balancer.config import Config, parse_config  # noqa: E402
 
 SCENARIOS = {
     "bitbrains-4node-120vm": REPO / "bench" / "scenarios" / "bitbrains-4node-120vm.yaml",
@@ -217,13 +219,41 @@ def _count(items: Sequence[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def shrink_png(path: Path) -> None:
+    """Re-encode a plot with a 32-colour palette (about a quarter of the
+    size; line plots lose nothing visible) so committed results stay small."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=32)
+    small.save(path, optimize=True)
+
+
+def agent_config(settings: Sequence[str], seed: int) -> Config:
+    """The agent's configuration: defaults, with `KEY=VALUE` settings read
+    the way balancer.yaml is read (same keys, types and clamping), and the
+    run's seed for the agent's random choices unless `seed` is set."""
+    text = "".join(f"{k.strip()}: {v.strip()}\n" for k, _, v in
+                   (item.partition("=") for item in settings))
+    result = parse_config(text, "--set")
+    if result.config is None or result.problems:
+        problems = "; ".join(str(p) for p in result.problems) or "invalid"
+        raise SystemExit(f"quality.py: bad --set: {problems}")
+    config = result.config
+    if config.seed is None:
+        config = dataclasses.replace(config, seed=seed)
+    return config
+
+
 def run_scenario(name: str, path: Path, *, seed: int, hours: float, out: Path,
-                 plot: bool, plot_baseline: bool) -> dict[str, Any]:
+                 plot: bool, plot_baseline: bool, config: Config | None = None,
+                 tag: str = "") -> dict[str, Any]:
     duration = hours * 3600
     print(f"{name}: baseline ...", flush=True)
     base = harness.run(path, seed=seed, duration=duration, with_agent=False)
     print(f"{name}: baseline {base.wall_seconds:.1f} s wall; with the agent ...", flush=True)
-    agent = harness.run(path, seed=seed, duration=duration, with_agent=True,
+    config = config or agent_config((), seed)
+    agent = harness.run(path, seed=seed, duration=duration, with_agent=True, config=config,
                         progress=lambda s: print(s, flush=True) if hours > 2 else None)
     print(f"{name}: agent run {agent.wall_seconds:.1f} s wall", flush=True)
     b, a = summarize(base), summarize(agent)
@@ -231,11 +261,16 @@ def run_scenario(name: str, path: Path, *, seed: int, hours: float, out: Path,
     if plot:
         from pvesim.plot import write_png
 
-        write_png(agent.sim, out / f"quality-{name}.png")
+        write_png(agent.sim, out / f"quality-{name}{tag}.png")
+        shrink_png(out / f"quality-{name}{tag}.png")
         if plot_baseline:
             write_png(base.sim, out / f"quality-{name}-baseline.png")
+            shrink_png(out / f"quality-{name}-baseline.png")
     return {"scenario": name, "file": str(path.relative_to(REPO)), "seed": seed,
-            "hours": hours, "baseline": b, "agent": a, "ratio_agent_to_baseline": ratios}
+            "hours": hours, "agent_config": {
+                k: sorted(v) if isinstance(v, frozenset) else v
+                for k, v in dataclasses.asdict(config).items()},
+            "baseline": b, "agent": a, "ratio_agent_to_baseline": ratios}
 
 
 def _f(x: Any, digits: int = 0) -> str:
@@ -289,7 +324,10 @@ def table(results: Sequence[dict[str, Any]]) -> str:
                         f"{a['sustained_episodes']['cpu']['mean_seconds']:.0f} / "
                         f"{a['sustained_episodes']['cpu']['max_seconds']:.0f}")
     agent_row("API requests per cycle", lambda a: _f(a["agent"]["api_requests_per_cycle"], 2))
-    agent_row("wall s (baseline / agent)", lambda a: f"{a['wall_seconds']:.0f}")
+    cells = []
+    for r in results:
+        cells += [f"{r['baseline']['wall_seconds']:.0f}", f"{r['agent']['wall_seconds']:.0f}", ""]
+    lines.append("| wall s of the run | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -303,14 +341,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json-name", default="quality.json")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--plot-baseline", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="agent configuration key as in balancer.yaml (repeatable)")
+    ap.add_argument("--tag", default="", help="suffix for PNG names (variants)")
     args = ap.parse_args(argv)
     if args.hours <= 0:
         ap.error("--hours must be positive")
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.scenario or list(SCENARIOS)
     t0 = time.perf_counter()
+    config = agent_config(args.set, args.seed)
     results = [run_scenario(n, SCENARIOS[n], seed=args.seed, hours=args.hours, out=args.out,
-                            plot=not args.no_plot, plot_baseline=args.plot_baseline)
+                            plot=not args.no_plot, plot_baseline=args.plot_baseline,
+                            config=config, tag=args.tag)
                for n in names]
     doc = {
         "benchmark": "quality",
