@@ -105,7 +105,8 @@ def migration_figures(migrations: Sequence[dict[str, Any]],
             if later["target"] == m["source"]:
                 undone += 1
                 undone_details.append({"vmid": m["vmid"], "away_seconds":
-                                       round(later["end"] - m["end"], 1)})
+                                       round(later["end"] - m["end"], 1),
+                                       "moved_at": m["start"], "undone_at": later["start"]})
             break
     in_episode: dict[int, int] = {}
     outside = 0
@@ -155,6 +156,16 @@ def split_by_agent(migrations: Sequence[dict[str, Any]],
     return mine, others
 
 
+def _mode_of(migration: dict[str, Any], started: Sequence[dict[str, object]]) -> str:
+    """The policy mode of the agent decision that caused `migration`."""
+    best = "unknown"
+    for f in started:
+        t = float(str(f.get("time", "nan")))
+        if f.get("vmid") == migration["vmid"] and 0 <= migration["start"] - t <= CAUSE_WINDOW:
+            best = str(f.get("mode"))
+    return best
+
+
 def summarize(result: harness.RunResult) -> dict[str, Any]:
     m = result.metrics
     sim = result.sim
@@ -178,11 +189,18 @@ def summarize(result: harness.RunResult) -> dict[str, Any]:
         "sustained_episodes": {
             kind: _relief(episodes, kind, SUSTAINED) for kind in ("cpu", "memory")},
         "economy": migration_figures(agent_moves, episodes),
+        "agent_moves_by_mode": _count([_mode_of(x, result.started) for x in agent_moves]),
         "nodes": m["nodes"],
         "api_requests_total": m["api_requests"]["total"],
         "wall_seconds": round(result.wall_seconds, 2),
         "cpu_seconds": round(result.cpu_seconds, 2),
     }
+    for undone in out["economy"]["undone_list"]:
+        moved = {"vmid": undone["vmid"], "start": undone["moved_at"]}
+        back = {"vmid": undone["vmid"], "start": undone["undone_at"]}
+        undone["modes"] = f"{_mode_of(moved, result.started)} then {_mode_of(back, result.started)}"
+    out["economy"]["undone_by_modes"] = _count(
+        [u["modes"] for u in out["economy"]["undone_list"]])
     out["sustained_cpu_episode_seconds"] = out["sustained_episodes"]["cpu"]["total_seconds"]
     out["sustained_memory_episode_seconds"] = out["sustained_episodes"]["memory"]["total_seconds"]
     if result.with_agent:

@@ -63,6 +63,8 @@ def test_agent_relieves_starvation_with_few_migrations(runs: Any) -> None:
     assert a["api_requests"] >= 2 * a["cycles"]
     assert a["api_requests_per_cycle"] < 4
     assert set(a["migrations_started_by_mode"]) == {"cpu"}
+    assert agent["agent_moves_by_mode"] == {"cpu": moves["count"]}
+    assert agent["economy"]["undone_by_modes"] == {}
 
 
 def test_ratios_and_table(runs: Any) -> None:
@@ -94,7 +96,8 @@ def test_undone_and_per_episode_accounting() -> None:
     ]
     fig = quality.migration_figures(migrations, episodes)
     assert fig["undone"] == 1
-    assert fig["undone_list"] == [{"vmid": 1, "away_seconds": 590.0}]
+    assert fig["undone_list"] == [{"vmid": 1, "away_seconds": 590.0, "moved_at": 10,
+                                   "undone_at": 600}]
     assert fig["started_outside_episodes"] == 2
     assert fig["episodes_acted_on"] == 2
     assert fig["episodes_acted_on_and_relieved"] == 1
