@@ -38,7 +38,7 @@ from pvesim.control import ControlServer, SimControl
 from pvesim.faults import FaultInjector
 from pvesim.pmxcfs import EmulatorError, PmxcfsEmulator
 from pvesim.realtime import RealtimeDriver
-from pvesim.scenario import Scenario, load_scenario
+from pvesim.scenario import load_scenario
 from pvesim.server import ClusterServer
 from pvesim.tls import ensure_pki
 
@@ -51,23 +51,28 @@ class UsageError(Exception):
     """Bad command-line input; reported as one line, exit status 2."""
 
 
-def _build_simulator(scenario_path: Path, seed: int) -> Simulator:
+def _build_simulator(
+    scenario_path: Path, seed: int, start_at_wall_clock: bool = False
+) -> Simulator:
+    """Load the scenario and build its simulator. A real-time `serve` starts
+    the simulated clock at the wall clock unless the scenario pins
+    `start_time`, so task times and RRD history line up with the clients'
+    clocks as they would on a real cluster; stepped runs keep the scenario's
+    fixed start so they stay reproducible."""
     if not scenario_path.is_file():
         raise UsageError(f"scenario file {scenario_path}: not found")
     try:
-        try:
-            scenario = load_scenario(scenario_path)
-        except ValueError:
-            # `balancer_config:` is the agent's section; a scenario loader
-            # that does not know it gets the file without it.
-            doc = yaml.safe_load(scenario_path.read_text(encoding="utf-8"))
-            if not isinstance(doc, dict) or "balancer_config" not in doc:
-                raise
-            rest = {k: v for k, v in doc.items() if k != "balancer_config"}
-            scenario = Scenario.from_dict(rest, source=scenario_path.name)
+        scenario = load_scenario(scenario_path)
     except ValueError as exc:  # ScenarioError names file and key
         raise UsageError(str(exc)) from exc
+    if start_at_wall_clock and not _pins_start_time(scenario_path):
+        scenario.start_time = float(int(time.time()))
     return Simulator(scenario, seed=seed)
+
+
+def _pins_start_time(scenario_path: Path) -> bool:
+    doc = yaml.safe_load(scenario_path.read_text(encoding="utf-8"))
+    return isinstance(doc, dict) and "start_time" in doc
 
 
 def _balancer_config(scenario_path: Path) -> dict[str, Any] | None:
@@ -222,7 +227,7 @@ def _listener_probe(sim: Simulator, args: argparse.Namespace) -> Callable[[str],
 def cmd_serve(args: argparse.Namespace) -> int:
     scenario_path = Path(args.scenario)
     write_png = _plot_writer(args.plot)
-    sim = _build_simulator(scenario_path, args.seed)
+    sim = _build_simulator(scenario_path, args.seed, start_at_wall_clock=True)
     balancer_config = _balancer_config(scenario_path)
     tokens: dict[str, str] = dict(sim.tokens)
     if AGENT_TOKEN not in tokens:

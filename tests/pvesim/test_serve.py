@@ -296,3 +296,20 @@ def test_isolated_api_local_keeps_answering_its_own_agent(tmp_path: Path,
     with pytest.raises(requests.exceptions.Timeout):
         lab.client(node="pve2", timeout=1).version.get()
     assert lab.stop() == 0
+
+
+def test_serve_starts_the_simulated_clock_at_the_wall_clock(lab: Lab) -> None:
+    """Clients compare task and RRD times with their own clock, as on a real
+    cluster, so a real-time lab must not live in another year."""
+    now = ControlClient.from_connection(lab.conn).state()["now"]
+    # the module's lab runs at 4x since it started: well within an hour of now
+    assert abs(now - time.time()) < 3600
+
+
+def test_serve_keeps_a_start_time_the_scenario_pins(tmp_path: Path, spawn_lab: Any) -> None:
+    pinned = 1_700_000_000
+    scenario = write_scenario(tmp_path, SCENARIO + f"start_time: {pinned}\n")
+    running = spawn_lab(tmp_path, scenario)
+    now = ControlClient.from_connection(running.conn).state()["now"]
+    assert pinned <= now < pinned + 3600
+    running.stop()
