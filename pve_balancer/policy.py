@@ -90,6 +90,16 @@ def _f(x: float) -> str:
     return f"{x:.2f}"
 
 
+def _above(value: float, limit: float) -> str:
+    """`value > limit` for a reason line, with as many decimals as it takes
+    for the printed numbers to differ: "0.80 > 0.80" reads as a bug."""
+    for digits in (2, 3, 4):
+        shown, bound = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if shown != bound:
+            return f"{shown} > {bound}"
+    return f"{value:.6f} > {limit:.6f}"
+
+
 def _gib(b: float) -> str:
     return f"{b / _GIB:.1f} GiB"
 
@@ -450,7 +460,7 @@ def _check(view: _View) -> _Trigger | str:
     if cpu_hot and view.estimates.node_cpu_ready:
         top = cpu_hot[0]
         return _Trigger(
-            Mode.CPU, cpu_hot, f"{top.name} above cpu_max ({_f(top.cpu)} > {_f(config.cpu_max)})"
+            Mode.CPU, cpu_hot, f"{top.name} above cpu_max ({_above(top.cpu, config.cpu_max)})"
         )
     mem_hot = _ranked([n for n in loads if n.mem_fraction > config.memory_max], Mode.MEMORY)
     if mem_hot:
@@ -458,7 +468,7 @@ def _check(view: _View) -> _Trigger | str:
         return _Trigger(
             Mode.MEMORY,
             mem_hot,
-            f"{top.name} above memory_max ({_f(top.mem_fraction)} > {_f(config.memory_max)})",
+            f"{top.name} above memory_max ({_above(top.mem_fraction, config.memory_max)})",
         )
     if cpu_hot:
         top = cpu_hot[0]
@@ -474,7 +484,7 @@ def _check(view: _View) -> _Trigger | str:
         return _Trigger(
             Mode.PROACTIVE,
             above,
-            f"{top.name} above memory_threshold ({_f(top.mem_fraction)} > {_f(threshold)} "
+            f"{top.name} above memory_threshold ({_above(top.mem_fraction, threshold)} "
             f"= {config.proactive_factor:g} x mean {_f(mean)})",
         )
     return (

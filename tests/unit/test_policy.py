@@ -195,3 +195,12 @@ def test_nan_figures_do_not_pass_checks() -> None:
     decision = decide(snap, est, Config(), PolicyState(), random.Random(0))
     assert decision.migration is not None and decision.mode is Mode.MEMORY
     assert decision.migration.target_after.cpu == 0.3
+
+
+def test_reason_prints_a_trigger_with_enough_decimals_to_differ() -> None:
+    """A CPU average of 0.8003 against cpu_max 0.80 must not read "0.80 > 0.80"."""
+    from pve_balancer.policy import _above
+
+    assert _above(0.91, 0.8) == "0.91 > 0.80"
+    assert _above(0.8003, 0.8) == "0.8003 > 0.8000"
+    assert _above(0.803, 0.8) == "0.803 > 0.800"
