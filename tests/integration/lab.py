@@ -222,6 +222,13 @@ class Agent:
             self.proc.stdout.close()
 
 
+def guarded(cmd: list[str]) -> list[str]:
+    """`cmd` under `setpriv --pdeathsig TERM` (util-linux) when available:
+    if the test process dies outright, its labs and agents stop too."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
+
+
 def agent_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     # Plain time-stamped stderr lines, not the journal, even when this
@@ -262,7 +269,7 @@ class Lab:
                "--pmxcfs-lifetime", str(timing.lifetime), "--speed", f"{speed:g}",
                "--state-dir", str(state), *extra]
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=agent_env(), stdout=log,
+            proc = subprocess.Popen(guarded(cmd), cwd=REPO, env=agent_env(), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         deadline = time.monotonic() + wait
@@ -336,7 +343,7 @@ class Lab:
         cmd = [sys.executable, "-m", "pve_balancer", "--pve-root", info["pve_root"],
                "--node", node, "--api-url", info["api_url"], "run", *timing.agent_args(),
                *extra]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(guarded(cmd), cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         agent = Agent(node=node, proc=proc, log_path=log_path, started=time.time())
         agent._reader = threading.Thread(target=agent._read, name=f"agent-{node}", daemon=True)
