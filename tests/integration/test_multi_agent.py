@@ -126,7 +126,8 @@ def _steady_run(labs: list[Lab], tmp_path: Path, speed: float, sim_seconds: floa
     episodes = metrics["threshold_episodes"]["memory"]
     assert episodes["count"] >= 1 and episodes["still_open"] == [], episodes
     moves = metrics["migrations"]["list"]
-    assert moves and all(m["ok"] and m["source"] == "pve1" and
+    # The scenario needs exactly one move; a second actor would show here.
+    assert len(moves) == 1 and all(m["ok"] and m["source"] == "pve1" and
                          m["user"] == lab.conn["token_id"] for m in moves), moves
     assert lab.node_memory()["pve1"] <= MEMORY_MAX
     MEASURED[f"hotspot relieved after (sim s, speed {speed:g})"] = episodes["max_seconds"]
