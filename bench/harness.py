@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,16 +105,35 @@ class RunResult:
         return self.sim.metrics.to_dict()
 
 
+@contextmanager
+def quiet_agent_logs() -> Iterator[None]:
+    """The agent logs every cycle; a benchmark keeps only its sentences.
+    The logger's level is restored afterwards (tests share the process)."""
+    logger = logging.getLogger("pve_balancer")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run(scenario: Scenario | dict[str, Any] | str | Path, *, seed: int, duration: float,
         with_agent: bool, config: Config | None = None,
         progress: Callable[[str], None] | None = None) -> RunResult:
     """Build the scenario with `seed`, warm up, then run `duration` simulated
     seconds with or without the agent."""
+    with quiet_agent_logs():
+        return _run(scenario, seed=seed, duration=duration, with_agent=with_agent,
+                    config=config, progress=progress)
+
+
+def _run(scenario: Scenario | dict[str, Any] | str | Path, *, seed: int, duration: float,
+         with_agent: bool, config: Config | None,
+         progress: Callable[[str], None] | None) -> RunResult:
     sc = scenario_of(scenario)
     sim = Simulator(sc, seed=seed)
     sim.advance(WARMUP)
-    # The agent logs every cycle; the benchmark keeps only its sentences.
-    logging.getLogger("pve_balancer").setLevel(logging.WARNING)
     w0, c0 = time.perf_counter(), time.process_time()
     result = RunResult(sim=sim, with_agent=with_agent, wall_seconds=0.0, cpu_seconds=0.0)
     if not with_agent:

@@ -84,11 +84,21 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    """The process's RSS high-water mark. The kernel updates `ru_maxrss`
+    lazily, so it can trail the current RSS; the larger of the two."""
+    return max(int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,  # KiB on Linux
+               _rss_bytes())
 
 
 def measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     """Everything for one size, in this process."""
+    from bench import harness
+
+    with harness.quiet_agent_logs():
+        return _measure_one(nodes, guests, cycles)
+
+
+def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     import random
 
     from bench import harness
@@ -102,9 +112,6 @@ def measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     sim.advance(harness.WARMUP)
     config = Config(dry_run=True, seed=1)
     agent, _daemon = harness.make_agent(sim, config)
-    import logging
-
-    logging.getLogger("pve_balancer").setLevel(logging.WARNING)
 
     handler_seconds = [0.0]
     real_handle = sim.handle
@@ -143,6 +150,8 @@ def measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     state = PolicyState()
     rng = random.Random(1)
     decision = decide(snapshot, estimates, config, state, rng)
+    for _ in range(50):  # warm caches and the allocator before timing
+        decide(snapshot, estimates, config, state, rng)
     policy_times: list[float] = []
     deadline = time.perf_counter() + 3.0
     while len(policy_times) < 20 or (len(policy_times) < 500 and time.perf_counter() < deadline):

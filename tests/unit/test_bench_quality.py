@@ -138,3 +138,13 @@ def test_scale_measure_one_smallest() -> None:
     assert row["api_requests_per_cycle"] >= 2
     assert row["peak_rss_mib"] >= row["rss_after_import_mib"] > 0
     assert row["policy_repetitions"] >= 20
+
+
+def test_runs_leave_the_agent_logger_level_alone() -> None:
+    import logging
+
+    logger = logging.getLogger("pve_balancer")
+    before = logger.level
+    harness.run(tiny_hotspot(), seed=1, duration=30, with_agent=True)
+    scale.measure_one(3, 10, cycles=5)
+    assert logger.level == before
