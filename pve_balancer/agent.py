@@ -35,7 +35,7 @@ from .ema import CpuEstimator
 from .executor import InFlight
 from .leadership import Election
 from .model import Decision, Estimates, Migration, Mode, Snapshot
-from .policy import PolicyState, decide
+from .policy import PROACTIVE_REST, PolicyState, decide
 from .pve import Preconditions, PveClient, PveError, Task
 from .status import DecisionRecord, NodeRecord, StatusWriter, decisions_from, read_status
 
@@ -186,6 +186,7 @@ class Agent:
         self.settle_until = 0.0
         self.settle_reason = ""
         self.cooldown_until: dict[int, float] = {}
+        self.last_moved: dict[int, float] = {}  # vmid -> time of our migrate POST
         self.unmovable_until: dict[int, tuple[float, str]] = {}
         self._preconditions: dict[int, tuple[float, Preconditions]] = {}
         self._leading = False
@@ -223,7 +224,9 @@ class Agent:
         cooldown = {v: t for v, t in self.cooldown_until.items() if t > now}
         self.cooldown_until = cooldown
         unmovable = frozenset(v for v, (t, _) in self.unmovable_until.items() if t > now)
-        return PolicyState(cooldown_until=dict(cooldown), unmovable=unmovable)
+        self.last_moved = {v: t for v, t in self.last_moved.items() if now - t < PROACTIVE_REST}
+        return PolicyState(cooldown_until=dict(cooldown), unmovable=unmovable,
+                           last_moved=dict(self.last_moved))
 
     def role(self) -> str:
         return self.election.describe()
@@ -433,6 +436,7 @@ class Agent:
             upid = client.migrate(m.source, m.vmid, m.target)
         except PveError as exc:
             self.cooldown_until[m.vmid] = now + config.vm_cooldown
+            self.last_moved[m.vmid] = now
             if exc.status is None:
                 # No HTTP answer (timeout, reset): PVE may have started it.
                 # Follow the guest until that is known either way.
@@ -453,6 +457,7 @@ class Agent:
         # In cooldown from the start, so it stays out even if this agent stops
         # following it (leadership lost); renewed when the move ends.
         self.cooldown_until[m.vmid] = now + config.vm_cooldown
+        self.last_moved[m.vmid] = now
         self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source, target=m.target,
                                  mode=m.mode, upid=upid, ha=m.ha_managed, started=now)
         self._record(now, m, "started", decision.reason)

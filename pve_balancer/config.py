@@ -38,6 +38,7 @@ class Config:
     interval: float = 5.0
     safety_margin: float = 0.05
     proactive_factor: float = 1.2
+    proactive_margin: float = 0.10
     vm_cooldown: float = 900.0
     exclude_tag: str = "pve-balancer-exclude"
     exclude_nodes: frozenset[str] = field(default_factory=frozenset)
@@ -175,6 +176,7 @@ _KEYS: dict[str, _Key] = {
     "interval": _Key(_read_number, 2.0, 60.0),
     "safety_margin": _Key(_read_number, 0.0, 0.2),
     "proactive_factor": _Key(_read_number, 1.05, 2.0),
+    "proactive_margin": _Key(_read_number, 0.0, 0.5),
     "vm_cooldown": _Key(_read_number, 0.0, None),
     "exclude_tag": _Key(_read_string),
     "exclude_nodes": _Key(_read_node_names),

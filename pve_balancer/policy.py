@@ -24,6 +24,16 @@ MIN_BENEFIT = 0.01
 or memory, by mode): moving an idle or tiny guest costs a migration and
 relieves nothing."""
 
+PROACTIVE_REST = 3600.0
+"""Seconds after the balancer moved (or tried to move) a guest during which
+proactive mode leaves that guest alone. A guest's memory use drifts over the
+day, so a guest moved for memory balance soon looks like the best candidate
+to move again, and a CPU move can lift its new node just over the proactive
+threshold; measured on a healthy Bitbrains day this made most migrations
+undo earlier ones (docs/benchmarks.md). One hour is also the window in which
+a return counts as a ping-pong. Saturation (CPU or memory mode) is not held
+back by it: relief comes first, and the ordinary `vm_cooldown` still applies."""
+
 _GIB = float(1 << 30)
 _SHOWN_TARGETS = 3  # blockers named in a no-action reason, least utilised target first
 
@@ -31,12 +41,15 @@ _SHOWN_TARGETS = 3  # blockers named in a no-action reason, least utilised targe
 @dataclass(frozen=True)
 class PolicyState:
     """What the agent remembers between cycles that the snapshot cannot say:
-    guests it migrated recently (`cooldown_until[vmid]` in snapshot time) and
+    guests it migrated recently (`cooldown_until[vmid]` in snapshot time),
     guests known not to migrate (local disks or resources, learnt from PVE's
-    migrate preconditions)."""
+    migrate preconditions), and when the balancer last asked PVE to migrate
+    each guest (`last_moved[vmid]`, snapshot time of the POST, for
+    `PROACTIVE_REST`; the agent keeps entries at least that long)."""
 
     cooldown_until: Mapping[int, float] = field(default_factory=dict)
     unmovable: frozenset[int] = frozenset()
+    last_moved: Mapping[int, float] = field(default_factory=dict)
 
 
 # --- sanitised numbers -------------------------------------------------------
@@ -154,8 +167,20 @@ class _View:
         return sum(load.mem_fraction for load in pool) / len(pool) if pool else 0.0
 
     @property
-    def memory_threshold(self) -> float:
+    def memory_relative(self) -> float:
+        """`proactive_factor` x mean: the seed's "20 % above the average"."""
         return self.config.proactive_factor * self.memory_mean
+
+    @property
+    def memory_absolute(self) -> float:
+        """mean + `proactive_margin`: the absolute gap that keeps a
+        low-memory cluster from churning over a few percentage points."""
+        return self.memory_mean + self.config.proactive_margin
+
+    @property
+    def memory_threshold(self) -> float:
+        """The proactive threshold in force: a node must exceed both."""
+        return max(self.memory_relative, self.memory_absolute)
 
     @cached_property
     def vmids_on(self) -> dict[str, frozenset[int]]:
@@ -343,11 +368,21 @@ def _benefit(view: _View, mode: Mode, guest: Guest, source: _Load) -> float:
     return _bytes(guest.mem) / source.maxmem if source.maxmem > 0 else 0.0
 
 
+def _resting(guest: Guest, view: _View, state: PolicyState) -> bool:
+    """Whether the balancer moved (or tried to move) `guest` within the last
+    `PROACTIVE_REST` seconds. An unusable clock keeps the guest resting."""
+    moved = state.last_moved.get(guest.vmid)
+    if moved is None:
+        return False
+    return not view.snapshot.time - moved >= PROACTIVE_REST
+
+
 def _candidates(
     view: _View, mode: Mode, source: _Load, state: PolicyState, rng: random.Random
 ) -> tuple[list[Guest], dict[str, int], list[int]]:
     """Movable guests on `source` in the order they are tried, the count of
-    guests filtered out per reason, and the busiest VMs kept (CPU mode)."""
+    guests filtered out per reason, and the busiest VM kept (CPU mode: a
+    list of at most one vmid)."""
     pinned = view.pinned
     seen: set[int] = set()
     running: list[Guest] = []
@@ -361,8 +396,9 @@ def _candidates(
     if mode is Mode.CPU:
         vms = [g for g in running if g.kind == "qemu"]
         if vms:
-            top = max(view.share(g, source) for g in vms)
-            kept = [g.vmid for g in vms if view.share(g, source) == top]
+            # one VM: the highest host share, the lowest vmid on an exact tie
+            busiest = min(vms, key=lambda g: (-view.share(g, source), g.vmid))
+            kept = [busiest.vmid]
 
     filtered: dict[str, int] = {}
     movable: list[Guest] = []
@@ -370,6 +406,8 @@ def _candidates(
         why = _filter_reason(guest, view, state, pinned)
         if why is None and guest.vmid in kept:
             why = "busiest vm kept"
+        if why is None and mode is Mode.PROACTIVE and _resting(guest, view, state):
+            why = "moved within the last hour"
         if why is not None:
             filtered[why] = filtered.get(why, 0) + 1
             continue
@@ -485,7 +523,8 @@ def _check(view: _View) -> _Trigger | str:
             Mode.PROACTIVE,
             above,
             f"{top.name} above memory_threshold ({_above(top.mem_fraction, threshold)} "
-            f"= {config.proactive_factor:g} x mean {_f(mean)})",
+            f"= max({config.proactive_factor:g} x mean {_f(mean)}, "
+            f"mean + proactive_margin {_f(config.proactive_margin)}))",
         )
     return (
         f"balanced: no node above cpu_max {_f(config.cpu_max)}, memory_max "
@@ -502,6 +541,7 @@ def _thresholds(view: _View) -> dict[str, float]:
         "cpu_target_max": view.cpu_limit,
         "memory_target_max": view.memory_limit,
         "proactive_factor": config.proactive_factor,
+        "proactive_margin": config.proactive_margin,
         "memory_mean": view.memory_mean,
         "memory_threshold": view.memory_threshold,
         "min_benefit": MIN_BENEFIT,

@@ -255,13 +255,13 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "proactive_target_stays_at_or_below_memory_threshold",
         # pve3 is low in memory but too busy in CPU to receive; pve2 would end
-        # above the proactive threshold (0.58 > 0.55) and become the next source
+        # above the proactive threshold (0.58 > 0.56) and become the next source
         Case(
             cluster((node("pve1", 0.3, 49.92), node("pve2", 0.3, 32), node("pve3", 0.78, 6.4)),
                     (vm(201, "pve1", 0.1, vcpus=2, mem_gib=5.12),)),
             None,
             "vm 201 would put pve3 cpu at 0.79 > 0.75 (cpu_max - safety_margin); "
-            "vm 201 would put pve2 memory at 0.58 > memory_threshold 0.55",
+            "vm 201 would put pve2 memory at 0.58 > memory_threshold 0.56",
             Mode.PROACTIVE,
         ),
         Case(

@@ -40,6 +40,7 @@ def test_defaults_match_the_policy() -> None:
         0.8, 0.8, True, False, 5.0)
     assert (c.safety_margin, c.proactive_factor, c.vm_cooldown, c.backup_guard) == (
         0.05, 1.2, 900.0, 120.0)
+    assert c.proactive_margin == 0.10
     assert c.exclude_tag == "pve-balancer-exclude"
     assert c.exclude_nodes == frozenset() and c.seed is None
 
@@ -171,6 +172,7 @@ def test_duplicate_key_warns_and_last_wins() -> None:
         ("interval", 1, 2.0), ("interval", 600, 60.0),
         ("safety_margin", 0.5, 0.2), ("safety_margin", -0.1, 0.0),
         ("proactive_factor", 1.0, 1.05), ("proactive_factor", 3, 2.0),
+        ("proactive_margin", -0.1, 0.0), ("proactive_margin", 0.8, 0.5),
         ("vm_cooldown", -5, 0.0), ("backup_guard", -1, 0.0),
     ],
 )

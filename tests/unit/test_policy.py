@@ -97,7 +97,9 @@ def test_decision_carries_thresholds() -> None:
     assert t["cpu_target_max"] == pytest.approx(0.75)
     assert t["memory_target_max"] == pytest.approx(0.75)
     assert t["memory_mean"] == pytest.approx(20 / 64)
-    assert t["memory_threshold"] == pytest.approx(1.2 * 20 / 64)
+    assert t["proactive_margin"] == pytest.approx(0.10)
+    # the larger of 1.2 x mean (0.375) and mean + proactive_margin (0.4125)
+    assert t["memory_threshold"] == pytest.approx(20 / 64 + 0.10)
     assert t["min_benefit"] == MIN_BENEFIT
 
 
