@@ -226,6 +226,33 @@ RULES: tuple[Rule, ...] = (
         PRO_OK,
     ),
     Rule(
+        "proactive_needs_proactive_margin_above_mean",
+        # pve1 at 0.34 is above 1.2 x mean 0.28 = 0.336 but only 6 points
+        # above the mean (< proactive_margin 0.10): no churn over a few points
+        Case(
+            cluster((node("pve1", 0.3, 21.76), node("pve2", 0.3, 16), node("pve3", 0.3, 16)),
+                    (vm(201, "pve1", 0.1, vcpus=2, mem_gib=1),)),
+            None,
+            "balanced: no node above cpu_max 0.80, memory_max 0.80 or memory_threshold 0.38",
+        ),
+        # 0.42 is above both 1.2 x mean 0.368 and mean + 0.10 = 0.407
+        Case(
+            cluster((node("pve1", 0.3, 26.88), node("pve2", 0.3, 16), node("pve3", 0.3, 16)),
+                    (vm(201, "pve1", 0.1, vcpus=2, mem_gib=1),)),
+            (201, "pve2"),
+            "pve1 above memory_threshold (0.42 > 0.41 = max(1.2 x mean 0.31, "
+            "mean + proactive_margin 0.10))",
+            Mode.PROACTIVE,
+        ),
+    ),
+    Rule(
+        "proactive_rests_guests_the_balancer_moved_within_an_hour",
+        Case(PRO, None, "no movable vm on pve1 (1 moved within the last hour)", Mode.PROACTIVE,
+             state=PolicyState(last_moved={201: NOW - 3599})),
+        Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE,
+             state=PolicyState(last_moved={201: NOW - 3600})),
+    ),
+    Rule(
         "proactive_only_when_no_node_above_a_maximum",
         Case(
             cluster((*PRO_NODES[:2], node("pve3", 0.85, 22.4)), MEM_GUESTS),
@@ -357,6 +384,16 @@ RULES: tuple[Rule, ...] = (
         "cpu_mode_never_moves_busiest_vm",
         Case(cluster(CPU_NODES, CPU_GUESTS[:1]), None, "busiest vm 101 kept", Mode.CPU),
         CPU_OK,
+    ),
+    Rule(
+        "cpu_mode_keeps_one_busiest_vm_lowest_vmid_on_ties",
+        # 101 and 102 tie for the highest share (0.25 each); only 101 is kept,
+        # whatever the listing order, so 102 is the candidate (here locked)
+        Case(cluster(CPU_NODES, (vm(102, "pve1", 0.5, lock="backup"), vm(101, "pve1", 0.5))),
+             None, "no movable vm on pve1 (busiest vm 101 kept, 1 locked)", Mode.CPU),
+        Case(cluster(CPU_NODES, (vm(102, "pve1", 0.5), vm(101, "pve1", 0.5),
+                                 vm(103, "pve1", 0.2, vcpus=4))),
+             (102, "pve2"), "pve1 above cpu_max", Mode.CPU),
     ),
     Rule(
         "cpu_mode_tries_largest_share_first",

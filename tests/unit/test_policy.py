@@ -9,10 +9,11 @@ import pytest
 
 from pve_balancer.config import Config
 from pve_balancer.model import Decision, Estimates, Mode, Snapshot
-from pve_balancer.policy import MIN_BENEFIT, PolicyState, decide
+from pve_balancer.policy import MIN_BENEFIT, PROACTIVE_REST, PolicyState, decide
 
 from .policy_cases import (
     CPU,
+    MEM,
     MEM_NODES,
     NOW,
     RULES,
@@ -206,3 +207,44 @@ def test_reason_prints_a_trigger_with_enough_decimals_to_differ() -> None:
     assert _above(0.91, 0.8) == "0.91 > 0.80"
     assert _above(0.8003, 0.8) == "0.8003 > 0.8000"
     assert _above(0.803, 0.8) == "0.803 > 0.800"
+
+
+def test_proactive_margin_zero_leaves_only_the_factor() -> None:
+    # pve1 at 0.34: above 1.2 x mean 0.28 but within proactive_margin of the mean
+    snap = cluster((node("pve1", 0.3, 21.76), node("pve2", 0.3, 16), node("pve3", 0.3, 16)),
+                   (vm(201, "pve1", 0.1, vcpus=2, mem_gib=1),))
+    assert run(Case(snap, None)).mode is None
+    decision = run(Case(snap, None, config=Config(proactive_margin=0.0)))
+    assert decision.mode is Mode.PROACTIVE and decision.migration is not None
+    assert decision.thresholds["memory_threshold"] == pytest.approx(1.2 * 0.28)
+
+
+def test_proactive_target_limit_is_the_effective_threshold() -> None:
+    # mean 0.46: 1.2 x mean = 0.552, mean + 0.10 = 0.56. pve2 ends at 0.555,
+    # above the relative figure but not above the threshold in force.
+    nodes = (node("pve1", 0.3, 49.92), node("pve2", 0.3, 32), node("pve3", 0.78, 6.4))
+    snap = cluster(nodes, (vm(201, "pve1", 0.1, vcpus=2, mem_gib=3.52),))
+    decision = run(Case(snap, None))
+    assert decision.migration is not None and decision.migration.target == "pve2"
+    assert decision.migration.target_after.mem_fraction == pytest.approx(0.555)
+    assert decision.thresholds["memory_threshold"] == pytest.approx(0.56)
+
+
+def test_proactive_rest_does_not_hold_back_saturation_relief() -> None:
+    """Only proactive mode rests a guest; CPU and memory saturation still move
+    it (the vm_cooldown alone applies there)."""
+    just_moved = PolicyState(last_moved={102: NOW, 201: NOW})
+    cpu = run(Case(CPU, None, state=just_moved))
+    assert cpu.mode is Mode.CPU and cpu.migration is not None and cpu.migration.vmid == 102
+    mem = run(Case(MEM, None, state=just_moved))
+    assert mem.mode is Mode.MEMORY and mem.migration is not None and mem.migration.vmid == 201
+
+
+def test_proactive_rest_with_an_unusable_clock_keeps_resting() -> None:
+    from .policy_cases import PRO
+
+    state = PolicyState(last_moved={201: NOW - 2 * PROACTIVE_REST})
+    assert run(Case(PRO, None, state=state)).migration is not None
+    nan_clock = Snapshot(time=float("nan"), nodes=PRO.nodes, guests=PRO.guests)
+    decision = run(Case(nan_clock, None, state=state))
+    assert decision.migration is None and "moved within the last hour" in decision.reason

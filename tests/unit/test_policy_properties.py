@@ -25,7 +25,7 @@ from pve_balancer.model import (
     Node,
     Snapshot,
 )
-from pve_balancer.policy import PolicyState, decide
+from pve_balancer.policy import PROACTIVE_REST, PolicyState, decide
 
 GIB = 1 << 30
 NOW = 5000.0
@@ -180,11 +180,13 @@ def situations(
     guest_cpu = {g.vmid: draw(fraction) for g in gs if draw(st.booleans())}
     estimates = Estimates(node_cpu=node_cpu, guest_cpu=guest_cpu,
                           node_cpu_ready=hot or draw(st.integers(0, 5)) < 5)
+    margin = draw(st.sampled_from([0.1, 0.0, 0.05, 0.2]))
     config = Config(
         cpu_max=0.9 if calm else 0.8 if hot else draw(st.floats(0.5, 0.9)),
         memory_max=0.9 if calm else draw(st.floats(0.5, 0.9)),
         safety_margin=draw(st.floats(0.0, 0.2)),
         proactive_factor=draw(st.floats(1.05, 2.0)),
+        proactive_margin=margin,
         exclude_nodes=draw(st.sampled_from([frozenset(), frozenset(), frozenset({"pve2"}),
                                             frozenset({"pve1", "pve3"})])),
     )
@@ -192,6 +194,9 @@ def situations(
         cooldown_until={v: NOW + draw(st.sampled_from([-10.0, 0.0, 10.0]))
                         for v in vmids if draw(st.integers(0, 4)) == 4},
         unmovable=frozenset(v for v in vmids if draw(st.integers(0, 6)) == 6),
+        last_moved={v: NOW - draw(st.sampled_from([0.0, 600.0, PROACTIVE_REST - 1,
+                                                   PROACTIVE_REST, 7200.0]))
+                    for v in vmids if draw(st.integers(0, 3)) == 3},
     )
     return snapshot, estimates, config, state
 
@@ -244,14 +249,14 @@ def _assert_legal(
         assert estimates.node_cpu_ready and source_cpu > config.cpu_max
         assert m.target_after.cpu <= (m.source_before.cpu + m.target_before.cpu) / 2 + EPS
         assert m.source_after.cpu < m.source_before.cpu
-        # the busiest VM on the source is never the one moved
-        mine = _guest_ema(estimates, guest) * guest.maxcpu
-        busiest = max(
-            _guest_ema(estimates, g) * g.maxcpu
-            for g in snapshot.guests
-            if g.node == source.name and g.kind == "qemu" and g.status == "running"
+        # the kept VM (highest host share, lowest vmid on an exact tie) is
+        # never the one moved
+        kept = min(
+            (g for g in snapshot.guests
+             if g.node == source.name and g.kind == "qemu" and g.status == "running"),
+            key=lambda g: (-(_guest_ema(estimates, g) * g.maxcpu / source.maxcpu), g.vmid),
         )
-        assert mine < busiest
+        assert guest.vmid != kept.vmid
     else:
         assert 2 * m.target_after.mem <= m.source_before.mem + m.target_before.mem
         assert m.source_after.mem < m.source_before.mem
@@ -261,8 +266,11 @@ def _assert_legal(
             assert all(n.mem_fraction <= config.memory_max for n in snapshot.nodes if n.online)
             pool = [n for n in snapshot.nodes if n.online and not n.maintenance
                     and n.name not in config.exclude_nodes and n.maxmem > 0]
-            threshold = config.proactive_factor * sum(n.mem_fraction for n in pool) / len(pool)
+            mean = sum(n.mem_fraction for n in pool) / len(pool)
+            threshold = max(config.proactive_factor * mean, mean + config.proactive_margin)
             assert source.mem_fraction > threshold
+            # never a guest the balancer moved within the proactive rest
+            assert snapshot.time - state.last_moved.get(guest.vmid, -math.inf) >= PROACTIVE_REST
             # a proactive move never makes its target the next proactive source
             assert m.target_after.mem_fraction <= threshold + EPS
 
