@@ -241,7 +241,8 @@ def node_table(snapshot: Snapshot | None, emas: dict[str, float | None],
                   f"{_gib(mem):>9}{_gib(maxmem):>9}{_pct(frac):>8}\n")
     out.write(f"thresholds: cpu_max {100 * config.cpu_max:.0f}% (EMA), memory_max "
               f"{100 * config.memory_max:.0f}%, safety margin {100 * config.safety_margin:.0f}%"
-              f", proactive above {config.proactive_factor:g} x mean memory\n")
+              f", proactive above {config.proactive_factor:g} x mean memory and mean + "
+              f"{100 * config.proactive_margin:.0f} points\n")
 
 
 # ------------------------------------------------------------------ commands

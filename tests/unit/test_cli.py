@@ -95,6 +95,7 @@ def test_status_renders_the_leaders_file_without_api(tmp_path: Path) -> None:
     assert " 83.0%" in out and "maintenance" in out
     assert "cpu       vm 105 pve1 -> pve2: ok" in out
     assert "thresholds: cpu_max 80%" in out
+    assert "proactive above 1.2 x mean memory and mean + 10 points" in out
     code, out = run_cli("--pve-root", str(tmp_path), "status", "--no-live", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["status"]["leader"] == "pve2" and doc["live"] is None
