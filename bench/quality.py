@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -237,6 +238,22 @@ def _count(items: Sequence[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def code_state() -> dict[str, Any]:
+    """The commit the agent and simulator came from, and whether their files
+    differed from it when the run started (the tree may be shared)."""
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                 timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "pve_balancer", "pvesim")
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "agent_or_simulator_modified": [line[3:] for line in dirty.splitlines()]}
+
+
 def shrink_png(path: Path) -> None:
     """Re-encode a plot with a 32-colour palette (about a quarter of the
     size; line plots lose nothing visible) so committed results stay small."""
@@ -367,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--hours must be positive")
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.scenario or list(SCENARIOS)
+    code = code_state()
+    if code["agent_or_simulator_modified"]:
+        print(f"warning: uncommitted changes in {code['agent_or_simulator_modified']}",
+              file=sys.stderr)
     t0 = time.perf_counter()
     config = agent_config(args.set, args.seed)
     results = [run_scenario(n, SCENARIOS[n], seed=args.seed, hours=args.hours, out=args.out,
@@ -379,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "traces": "GWA-T-12 Bitbrains, Grid Workloads Archive, TU Delft",
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "code": code,
         "total_wall_seconds": round(time.perf_counter() - t0, 1),
         "results": results,
     }
