@@ -33,6 +33,7 @@ from pve_balancer.daemon import Daemon  # noqa: E402
 from pve_balancer.leadership import AlwaysLeader  # noqa: E402
 from pve_balancer.notify import Notifier  # noqa: E402
 from pve_balancer.pve import ApiToken, PveClient, connect  # noqa: E402
+from pvesim.clock import VirtualClock  # noqa: E402
 from pvesim.cluster import Simulator  # noqa: E402
 from pvesim.scenario import Scenario, load_scenario  # noqa: E402
 
@@ -40,20 +41,6 @@ AGENT_TOKEN = "pve-balancer@pve!agent"
 WARMUP = 120.0
 """Seconds the cluster runs before the agent starts (RRD and stats exist, as
 on a real cluster). The baseline gets the same warm-up."""
-
-
-class VirtualClock:
-    """The agent's clock in simulated time: sleeping advances the cluster."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-
-    def now(self) -> float:
-        return float(self.sim.now)
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self.sim.advance(seconds)
 
 
 def scenario_of(source: Scenario | dict[str, Any] | str | Path) -> Scenario:

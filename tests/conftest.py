@@ -21,23 +21,10 @@ from pve_balancer.leadership import AlwaysLeader, Election
 from pve_balancer.notify import Notifier
 from pve_balancer.pve import ApiToken, PveClient, connect
 from pve_balancer.status import StatusWriter
+from pvesim.clock import VirtualClock
 
 AGENT_TOKEN = "pve-balancer@pve!agent"
 GIB = 1 << 30
-
-
-class VirtualClock:
-    """The agent's clock in simulated time: sleeping advances the cluster."""
-
-    def __init__(self, sim: Any) -> None:
-        self.sim = sim
-
-    def now(self) -> float:
-        return float(self.sim.now)
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self.sim.advance(seconds)
 
 
 @dataclass
