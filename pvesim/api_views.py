@@ -45,6 +45,17 @@ def _guest_or_500(ctx: Ctx, kind: str) -> Guest:
     return g
 
 
+def _io_counters(g: Guest) -> dict[str, int]:
+    """Network and disk counters: rough figures that follow the guest's CPU
+    (the balancer never reads them; they are here because PVE sends them)."""
+    return {
+        "netin": int(g.pub_cpu * 1e6),
+        "netout": int(g.pub_cpu * 8e5),
+        "diskread": 0,
+        "diskwrite": 0,
+    }
+
+
 def _uptime(ctx: Ctx, g: Guest) -> int:
     return int(ctx.sim.now - g.start_time) if g.running else 0
 
@@ -146,10 +157,7 @@ def _guest_resource(ctx: Ctx, g: Guest) -> dict[str, Any]:
                 "cpu": round(g.pub_cpu, 6),
                 "mem": g.pub_mem,
                 "uptime": _uptime(ctx, g),
-                "netin": int(g.pub_cpu * 1e6),
-                "netout": int(g.pub_cpu * 8e5),
-                "diskread": 0,
-                "diskwrite": 0,
+                **_io_counters(g),
             }
         )
         if g.type == "qemu":
@@ -620,10 +628,7 @@ def _guest_status(ctx: Ctx, g: Guest, full: bool = True) -> dict[str, Any]:
         "maxdisk": g.maxdisk,
         "disk": 0,
         "uptime": _uptime(ctx, g),
-        "netin": int(g.pub_cpu * 1e6),
-        "netout": int(g.pub_cpu * 8e5),
-        "diskread": 0,
-        "diskwrite": 0,
+        **_io_counters(g),
     }
     if g.type == "qemu":
         d["memhost"] = g.pub_memhost if running else 0
