@@ -21,7 +21,6 @@ from pve_balancer.leadership import AlwaysLeader, Election
 from pve_balancer.notify import Notifier
 from pve_balancer.pve import ApiToken, PveClient, connect
 from pve_balancer.status import StatusWriter
-from pvesim.clock import VirtualClock
 
 AGENT_TOKEN = "pve-balancer@pve!agent"
 GIB = 1 << 30
@@ -115,6 +114,9 @@ def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None
              faults: bool = False) -> Lab:
     """`warmup`: seconds the cluster runs before the agent starts, as on a
     real cluster whose statistics and RRD already exist."""
+    # pvesim is imported here, not at module level: the package build runs
+    # a few unit tests with this conftest and without the simulator.
+    from pvesim.clock import VirtualClock
     from pvesim.cluster import Simulator
 
     sim = Simulator(scenario_from(scenario), seed=seed)
