@@ -726,6 +726,12 @@ def qemu_config(ctx: Ctx) -> Any:
             d[res] = "0000:01:00.0" if res.startswith("hostpci") else "host=1-2"
         else:
             d[f"hostpci{i}"] = res
+    return _with_common_config(d, g)
+
+
+def _with_common_config(d: dict[str, Any], g: Guest) -> dict[str, Any]:
+    """The keys QEMU and LXC configs share (tags, lock, template) and the
+    digest PVE computes over the whole config."""
     if g.tags:
         d["tags"] = ";".join(g.tags)
     if g.lock:
@@ -753,14 +759,7 @@ def lxc_config(ctx: Ctx) -> Any:
     }
     for i, disk in enumerate(g.local_disks):
         d[f"mp{i}"] = f"{disk['volid']},mp=/data{i}"
-    if g.tags:
-        d["tags"] = ";".join(g.tags)
-    if g.lock:
-        d["lock"] = g.lock
-    if g.template:
-        d["template"] = 1
-    d["digest"] = _digest(sorted(d.items()))
-    return d
+    return _with_common_config(d, g)
 
 
 # ---------------------------------------------------------------- tasks
