@@ -304,15 +304,21 @@ class ClusterTree:
             parent.children[parts[-1]] = Entry(is_dir=False, mtime=int(self.clock.wall()))
             parent.mtime = int(self.clock.wall())
 
+    def _writable_file(self, node: str, parts: Sequence[str], path: str) -> Entry:
+        """The regular file a write or truncate may change (lock held):
+        virtual files are read-only, directories refuse, no quorum refuses."""
+        if self._is_virtual(parts):
+            raise _oserror(errno.EACCES, path)
+        entry = self._lookup(parts, path)
+        if entry.is_dir:
+            raise _oserror(errno.EISDIR, path)
+        self._need_quorum(node, path)
+        return entry
+
     def write(self, node: str, path: str, data: bytes, offset: int) -> int:
         parts = split(path)
         with self.lock:
-            if self._is_virtual(parts):
-                raise _oserror(errno.EACCES, path)
-            entry = self._lookup(parts, path)
-            if entry.is_dir:
-                raise _oserror(errno.EISDIR, path)
-            self._need_quorum(node, path)
+            entry = self._writable_file(node, parts, path)
             end = offset + len(data)
             if end > MAX_FILE_SIZE:
                 raise _oserror(errno.EFBIG, path)
@@ -325,12 +331,7 @@ class ClusterTree:
     def truncate(self, node: str, path: str, length: int) -> None:
         parts = split(path)
         with self.lock:
-            if self._is_virtual(parts):
-                raise _oserror(errno.EACCES, path)
-            entry = self._lookup(parts, path)
-            if entry.is_dir:
-                raise _oserror(errno.EISDIR, path)
-            self._need_quorum(node, path)
+            entry = self._writable_file(node, parts, path)
             if length > MAX_FILE_SIZE:
                 raise _oserror(errno.EFBIG, path)
             if length <= len(entry.data):
