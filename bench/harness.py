@@ -27,9 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pve_balancer.agent import Agent, ConfigSource  # noqa: E402
-from pve_balancer.config import Config  # noqa: E402
+from pve_balancer.agent import Agent, CycleResult  # noqa: E402
+from pve_balancer.config import Config, ConfigSource  # noqa: E402
 from pve_balancer.daemon import Daemon  # noqa: E402
+from pve_balancer.env import PveEnvironment  # noqa: E402
 from pve_balancer.leadership import AlwaysLeader  # noqa: E402
 from pve_balancer.notify import Notifier  # noqa: E402
 from pve_balancer.pve import ApiToken, PveClient, connect  # noqa: E402
@@ -57,7 +58,6 @@ def attach_agent_client(sim: Simulator, node: str) -> PveClient:
 
     token = ApiToken.parse(f"{AGENT_TOKEN}={sim.tokens[AGENT_TOKEN]}")
     client = connect("https://localhost:8006", token, verify=True)
-    client.node = node
     attach(client.api, sim, node, sleep=lambda seconds: sim.advance(seconds))
     return client
 
@@ -66,8 +66,9 @@ def make_agent(sim: Simulator, config: Config, node: str | None = None) -> tuple
     node = node or sim.node_names[0]
     client = attach_agent_client(sim, node)
     clock = VirtualClock(sim)
-    agent = Agent(node=node, client=client, election=AlwaysLeader(),
-                  config=ConfigSource.fixed(config), clock=clock)
+    env = PveEnvironment(node=node, connect=lambda: client, election=AlwaysLeader(),
+                         clock=clock)
+    agent = Agent(env, ConfigSource.fixed(config))
     # Whole-interval sleeps: the virtual clock needs no wake-ups for signals.
     daemon = Daemon(agent, clock, Notifier(lambda _state: True), sleep_slice=3600.0)
     return agent, daemon
@@ -127,16 +128,16 @@ def _run(scenario: Scenario | dict[str, Any] | str | Path, *, seed: int, duratio
         sim.advance(duration)
     else:
         config = config or Config(seed=seed)
-        agent, daemon = make_agent(sim, config)
+        _agent, daemon = make_agent(sim, config)
         log_before = len(sim.request_log)
         end = sim.now + duration
         chunk = 3600.0
 
-        def keep(sentence: str) -> None:
-            result.sentences.append((sim.now, sentence))
-            if agent.last_fields.get("result") == "started":
-                result.started.append({**agent.last_fields, "time": sim.now,
-                                       "sentence": sentence})
+        def keep(cycle: CycleResult) -> None:
+            result.sentences.append((sim.now, cycle.sentence))
+            if cycle.fields.get("result") == "started":
+                result.started.append({**cycle.fields, "time": sim.now,
+                                       "sentence": cycle.sentence})
 
         while sim.now < end - 1e-6:
             span = min(chunk, end - sim.now)

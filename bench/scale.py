@@ -136,7 +136,7 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     for _ in range(cycles):
         handler_seconds[0] = 0.0
         t = time.perf_counter()
-        sentence = agent.run_cycle()
+        sentence = agent.run_cycle().sentence
         cycle_times.append(time.perf_counter() - t)
         api_times.append(handler_seconds[0])
         sentences.add(sentence.split(":")[0][:60])
@@ -145,7 +145,7 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
         t_adv += time.perf_counter() - t
     requests = len(sim.request_log) - log_start
 
-    snapshot, _tasks = agent.client.sample(sim.now)
+    snapshot, _tasks = agent.env.sample(sim.now)
     estimates = agent.estimator.estimates()
     state = PolicyState()
     rng = random.Random(1)

@@ -9,58 +9,31 @@ Every path the agent uses derives from one root, `--pve-root` (default
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
-from .agent import Agent, ConfigSource, Plan, SystemClock
-from .config import Config, load_config
+from . import __version__, provision
+from .agent import Agent, Plan
+from .config import Config, ConfigSource, load_config
+from .election import PmxcfsElection
+from .env import PveEnvironment, SystemClock
 from .journal import setup_logging
 from .leadership import AlwaysLeader, Election
 from .model import Snapshot
+from .paths import DEFAULT_ROOT, PveRoot
 from .pve import ApiToken, PveClient, PveError, TokenError, connect
-from .status import StatusWriter, read_status, status_path
+from .status import StatusWriter, is_stale, read_status
 
 log = logging.getLogger("pve_balancer")
 
-DEFAULT_ROOT = Path("/etc/pve")
 DEFAULT_API_URL = "https://localhost:8006"
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Files under the PVE root the agent uses."""
-
-    root: Path
-    config_override: Path | None = None
-
-    @property
-    def config(self) -> Path:
-        return self.config_override or self.root / "balancer.yaml"
-
-    @property
-    def token(self) -> Path:
-        return self.root / "priv" / "pve-balancer.token"
-
-    @property
-    def ca(self) -> Path:
-        return self.root / "pve-root-ca.pem"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "priv" / "lock" / "pve-balancer"
-
-    @property
-    def status(self) -> Path:
-        return status_path(self.root)
 
 
 def short_hostname() -> str:
@@ -167,32 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ helpers
 
 
-def open_client(args: argparse.Namespace, paths: Paths, timeout: float = 10.0) -> PveClient:
+def open_client(args: argparse.Namespace, paths: PveRoot, timeout: float = 10.0) -> PveClient:
     token = ApiToken.read(paths.token)
-    verify: str | bool = str(paths.ca)
-    client = connect(args.api_url, token, verify=verify, timeout=timeout)
-    client.node = args.node
-    return client
+    return connect(args.api_url, token, verify=str(paths.ca), timeout=timeout)
 
 
-def make_election(args: argparse.Namespace, paths: Paths, single: bool,
+def make_election(args: argparse.Namespace, paths: PveRoot, single: bool,
                   clock: SystemClock) -> Election:
     if single:
         return AlwaysLeader()
     try:
-        module = importlib.import_module("pve_balancer.election")
-    except ImportError as exc:
-        raise SystemExit(f"pve-balancer: the pmxcfs election is not available ({exc}); "
-                         "use --single for a lone agent") from exc
-    try:
-        election: Election = module.PmxcfsElection(
+        return PmxcfsElection(
             paths.root, args.node, clock=clock,
             renew_interval=getattr(args, "renew_interval", 10.0),
             safety_bound=getattr(args, "safety_bound", 60.0),
             retry_interval=getattr(args, "retry_interval", 5.0))
     except ValueError as exc:
         raise SystemExit(f"pve-balancer: election timing: {exc}") from exc
-    return election
 
 
 def _pct(x: float | None) -> str:
@@ -248,7 +212,7 @@ def node_table(snapshot: Snapshot | None, emas: dict[str, float | None],
 # ------------------------------------------------------------------ commands
 
 
-def cmd_check_config(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+def cmd_check_config(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     path: Path = args.file or paths.config
     if not path.exists():
         out.write(f"{path}: no such file (the agent would use the defaults)\n")
@@ -266,7 +230,7 @@ def cmd_check_config(args: argparse.Namespace, paths: Paths, out: TextIO) -> int
     return 0
 
 
-def _load_for_command(paths: Paths) -> Config:
+def _load_for_command(paths: PveRoot) -> Config:
     result = load_config(paths.config)
     for problem in result.problems:
         log.warning("%s", problem)
@@ -289,7 +253,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                    "maxcpu": n.maxcpu, "mem": n.mem, "maxmem": n.maxmem,
                    "mem_fraction": n.mem_fraction} for n in plan.snapshot.nodes],
         "cpu_ready": plan.estimates.node_cpu_ready,
-        "migrations_running": list(plan.snapshot.migrations_running),
+        "migrations_running": list(plan.snapshot.in_flight()),
         "backup_running": plan.snapshot.backup_running,
         "next_backup_in": plan.snapshot.next_backup_in,
         "unmovable": {str(k): v for k, v in plan.unmovable.items()},
@@ -298,12 +262,11 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     }
 
 
-def cmd_plan(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+def cmd_plan(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     config = _load_for_command(paths)
     client = open_client(args, paths)
-    agent = Agent(node=args.node, client=client, election=AlwaysLeader(),
-                  config=ConfigSource.fixed(config), clock=SystemClock())
-    plan = agent.plan()
+    env = PveEnvironment(node=args.node, connect=lambda: client, election=AlwaysLeader())
+    plan = Agent(env, ConfigSource.fixed(config)).plan()
     if args.json:
         out.write(json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n")
         return 0
@@ -329,7 +292,7 @@ def cmd_plan(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     now = time.time()
     doc = read_status(paths.status)
     result = load_config(paths.config)
@@ -350,16 +313,14 @@ def cmd_status(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps({"status": doc, "live": None if snapshot is None else {
             "nodes": [asdict(n) for n in snapshot.nodes],
-            "migrations_running": list(snapshot.migrations_running)},
+            "migrations_running": list(snapshot.in_flight())},
             "live_error": live_error or None}, indent=2, sort_keys=True, default=str) + "\n")
         return 0
     if doc is None:
         out.write(f"leader: unknown (no {paths.status}; is any agent leading?)\n")
     else:
         updated = doc.get("updated")
-        raw_refresh = doc.get("refresh")
-        refresh = float(raw_refresh) if isinstance(raw_refresh, int | float) else 30.0
-        stale = isinstance(updated, int | float) and now - float(updated) > 4 * refresh
+        stale = is_stale(doc, now)
         out.write(f"leader: {doc.get('leader')} since {_when(doc.get('since'))} "
                   f"(updated {_age(now, updated)}{'; STALE: leader may be gone' if stale else ''}"
                   ")\n")
@@ -367,8 +328,8 @@ def cmd_status(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
             out.write(f"last cycle: {doc.get('last_action')}\n")
     if snapshot is None and live_error:
         out.write(f"live sample unavailable: {live_error}\n")
-    if snapshot is not None and snapshot.migrations_running:
-        out.write("migrations running: " + ", ".join(snapshot.migrations_running) + "\n")
+    if snapshot is not None and snapshot.in_flight():
+        out.write("migrations running: " + ", ".join(snapshot.in_flight()) + "\n")
     out.write("\n")
     node_table(snapshot, emas, config, out,
                fallback=[n for n in (doc or {}).get("nodes") or [] if isinstance(n, dict)])
@@ -384,7 +345,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+def cmd_run(args: argparse.Namespace, paths: PveRoot) -> int:
     from .daemon import Daemon  # noqa: PLC0415 - only the daemon needs signals/notify
 
     source = ConfigSource(paths.config)
@@ -398,24 +359,17 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         except TokenError as exc:
             raise PveError(str(exc)) from exc
 
-    agent = Agent(node=args.node, client=factory, election=election, config=source,
-                  clock=clock, status=StatusWriter(paths.status, args.node))
-    daemon = Daemon(agent, clock)
+    env = PveEnvironment(node=args.node, connect=factory, election=election, clock=clock,
+                         status=StatusWriter(paths.status, args.node))
+    daemon = Daemon(Agent(env, source), clock)
     daemon.install_signal_handlers()
     log.info("pve-balancer %s starting on node %s (root %s, API %s)", __version__, args.node,
              paths.root, args.api_url)
     return daemon.run(max_cycles=args.cycles)
 
 
-def cmd_setup(args: argparse.Namespace, paths: Paths) -> int:
-    try:
-        provision = importlib.import_module("pve_balancer.provision")
-    except ImportError as exc:
-        sys.stderr.write(f"pve-balancer: setup is not available in this installation ({exc})\n")
-        return 2
-    status: int = provision.run_setup(paths.root, if_possible=args.if_possible,
-                                      remove=args.remove)
-    return status
+def cmd_setup(args: argparse.Namespace, paths: PveRoot) -> int:
+    return provision.run_setup(paths.root, if_possible=args.if_possible, remove=args.remove)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -424,7 +378,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if args.node is None:
         args.node = short_hostname()
-    paths = Paths(args.pve_root, args.config)
+    paths = PveRoot(args.pve_root, args.config)
     setup_logging(args.verbose)
     try:
         if args.command == "check-config":

@@ -13,7 +13,9 @@ fatal. A fatal problem yields no `Config`: the caller keeps the last good one
 from __future__ import annotations
 
 import difflib
+import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any, cast
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -332,3 +336,71 @@ def load_config(path: Path) -> LoadResult:
             None, (ConfigProblem(source, line, None, "not valid UTF-8 text", True),)
         )
     return parse_config(text, source)
+
+
+class ConfigSource:
+    """The configuration file, re-read when its stat signature changes.
+
+    `config` is the configuration in force: the last one that loaded
+    without fatal problems, or None if none ever did (the agent is then
+    passive). Each problem is logged once per change of the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.config: Config | None = None
+        self._signature: tuple[int, int, int] | None | str = "unread"
+
+    @classmethod
+    def fixed(cls, config: Config) -> ConfigSource:
+        """A source that never reads a file (tests, `plan --config` checks)."""
+        src = cls(Path(os.devnull))
+        src.config = config
+        src._signature = "fixed"
+        return src
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read if the file changed (or `force`). Returns True when the
+        configuration in force changed."""
+        if self._signature == "fixed":
+            return False
+        signature = self._stat()
+        if not force and signature == self._signature:
+            return False
+        self._signature = signature
+        result = load_config(self.path)
+        for problem in result.problems:
+            (log.error if problem.fatal else log.warning)("%s", problem)
+        if result.config is None:
+            if self.config is None:
+                log.error("configuration %s rejected; staying passive until it is fixed",
+                          self.path)
+            else:
+                log.error("configuration %s rejected; keeping the previous configuration",
+                          self.path)
+            return False
+        if result.config == self.config:
+            return False
+        first = self.config is None
+        self.config = result.config
+        log.info("configuration %s %s: %s", self.path, "loaded" if first else "reloaded",
+                 _config_summary(result.config))
+        return True
+
+
+def _config_summary(config: Config) -> str:
+    flags = []
+    if not config.enabled:
+        flags.append("disabled (observe only)")
+    if config.dry_run:
+        flags.append("dry run")
+    head = f"cpu_max {config.cpu_max:.2f}, memory_max {config.memory_max:.2f}, " \
+           f"interval {config.interval:g} s"
+    return ", ".join([head, *flags])

@@ -5,7 +5,8 @@ Signal handlers only set flags; the loop acts on them between cycles, so a
 migration POST is never interrupted halfway. SIGTERM/SIGINT stop the loop
 after the current cycle, release leadership (a standby takes over within its
 next retry instead of after the lock's lifetime) and exit 0. SIGHUP re-reads
-the configuration.
+the configuration, framed by RELOADING=1 and READY=1 so `systemctl reload`
+returns when it is done.
 
 The loop keeps a fixed rate (cycle starts are `interval` apart, not
 `interval` after the previous cycle ended) and warns when a cycle overruns;
@@ -26,7 +27,8 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from .agent import Agent, Clock
+from .agent import Agent, CycleResult
+from .env import Clock
 from .journal import log_sentence
 from .notify import Notifier
 
@@ -76,32 +78,34 @@ class Daemon:
         config = self.agent.config_source.config
         return config.interval if config is not None else self.default_interval
 
-    def _log(self, sentence: str, now: float) -> None:
-        kind = sentence_kind(sentence)
-        level = self.agent.last_level
+    def _log(self, result: CycleResult, now: float) -> None:
+        kind = sentence_kind(result.sentence)
+        level = result.level
         if level == logging.INFO and kind == self._last_kind and \
                 now - self._last_logged < HEARTBEAT:
             level = logging.DEBUG
         else:
             self._last_kind = kind
             self._last_logged = now
-        log_sentence(log, sentence, self.agent.last_fields, level)
+        log_sentence(log, result.sentence, result.fields, level, error=result.error)
 
-    def run_once(self) -> str:
+    def run_once(self) -> CycleResult:
         """One cycle with its logging and notifications."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             log.info("SIGHUP: re-reading the configuration")
+            self.notifier.reloading()
             self.agent.reload()
-        sentence = self.agent.run_cycle()
+            self.notifier.ready()
+        result = self.agent.run_cycle()
         self.cycles += 1
-        self._log(sentence, self.clock.now())
+        self._log(result, self.clock.now())
         role = self.agent.role()
-        self.notifier.status(f"{role}: {sentence}")
+        self.notifier.status(f"{role}: {result.sentence}")
         self.notifier.watchdog()
         if self.cycles == 1:
             self.notifier.ready()
-        return sentence
+        return result
 
     def _sleep_until(self, deadline: float) -> None:
         while not self.stop_requested.is_set():
@@ -111,14 +115,14 @@ class Daemon:
             self.clock.sleep(min(remaining, self.sleep_slice))
 
     def run(self, max_cycles: int | None = None,
-            on_cycle: Callable[[str], None] | None = None) -> int:
+            on_cycle: Callable[[CycleResult], None] | None = None) -> int:
         """Loop until asked to stop, then shut down; returns the exit status."""
         self.loop(max_cycles, on_cycle)
         self.shutdown()
         return 0
 
     def loop(self, max_cycles: int | None = None,
-             on_cycle: Callable[[str], None] | None = None, *,
+             on_cycle: Callable[[CycleResult], None] | None = None, *,
              trailing_sleep: bool = False) -> None:
         """Cycles at a fixed rate until a stop is requested or `max_cycles`
         more cycles ran. With `trailing_sleep` the last cycle's slot is slept
@@ -126,9 +130,9 @@ class Daemon:
         limit = None if max_cycles is None else self.cycles + max_cycles
         next_start = self.clock.now()
         while not self.stop_requested.is_set():
-            sentence = self.run_once()
+            result = self.run_once()
             if on_cycle is not None:
-                on_cycle(sentence)
+                on_cycle(result)
             if limit is not None and self.cycles >= limit and not trailing_sleep:
                 break
             interval = self.interval()
@@ -147,7 +151,7 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         try:
-            self.agent.election.release()
+            self.agent.release()
         except Exception as exc:  # never block an orderly stop
             log.warning("releasing leadership failed: %s", exc)
         log.info("stopped after %d cycles", self.cycles)

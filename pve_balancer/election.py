@@ -19,6 +19,10 @@ The only module that knows pmxcfs lock semantics (docs/election.md):
 
 Every syscall error is turned into a role and a sentence; nothing here
 raises out of `tick`, `confirm`, `release` or `describe`.
+
+The lock protocol itself (`PmxcfsLock`) and the reading of `.members`
+(`read_membership`) live here too, and `setup` uses them for its own lock:
+pmxcfs's rules are spelled out in one place.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import contextlib
 import errno
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pve_balancer.status import read_status, status_path
+from .paths import PveRoot
+from .status import is_stale, read_status
 
-LOCK_NAME = "pve-balancer"
 # Ticks are scheduled at the interval; a tick that arrives a hair early
 # (timer jitter) must not skip a whole interval.
 _EARLY_SLACK = 0.1
@@ -44,6 +49,74 @@ class _Now(Protocol):
 
 def _errname(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno)) if exc.errno else str(exc)
+
+
+class PmxcfsLock:
+    """One pmxcfs lock directory and the operations pmxcfs gives it
+    (docs/election.md): take it with `mkdir`, renew it with `utime` to now
+    (accepted only from the node that holds it), ask pmxcfs to drop it once
+    it has been unchanged for its lifetime with `utime` to 0, release it with
+    `rmdir` (no owner check: prove ownership with a renew first)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def take(self) -> bool:
+        """True when this call created the lock; False when it is held.
+        Other errors (no quorum: EACCES) raise `OSError`."""
+        try:
+            os.mkdir(self.path)
+        except FileExistsError:
+            return False
+        return True
+
+    def renew(self, now: float) -> str | None:
+        """Renew with the current whole second (never ahead of `now`: pmxcfs
+        refuses an mtime older than the stored one); the errno name on
+        failure, None on success."""
+        try:
+            os.utime(self.path, (0, int(now)))
+        except OSError as exc:
+            return _errname(exc)
+        return None
+
+    def request_unlock(self) -> None:
+        """Ask pmxcfs to delete the lock if it has expired. The answer's
+        errno means nothing (EACCES both when refused and when it worked)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.path, (0, 0))
+
+    def release(self) -> None:
+        """Remove the lock (raises `OSError`, e.g. ENOENT when it is gone)."""
+        os.rmdir(self.path)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """What `.members` says of this node's cluster: `quorate` is None when
+    the file cannot be read (then `problem` says why). A node that is not in
+    a cluster (pmxcfs in local mode, no `cluster` section) is quorate."""
+
+    quorate: bool | None
+    problem: str = ""
+
+
+def read_membership(path: Path) -> Membership:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Membership(None, f"{path} is missing (pve-cluster not running)")
+    except (OSError, ValueError) as exc:
+        return Membership(None, f"{path} is unreadable: {exc}")
+    if not isinstance(doc, dict):
+        return Membership(None, f"{path} does not hold a JSON object")
+    cluster = doc.get("cluster")
+    if not isinstance(cluster, dict):
+        return Membership(True)
+    try:
+        return Membership(bool(int(cluster.get("quorate", 0))))
+    except (TypeError, ValueError):
+        return Membership(None, f"{path}: cluster.quorate is not a number")
 
 
 class PmxcfsElection:
@@ -59,7 +132,7 @@ class PmxcfsElection:
 
     def __init__(self, pve_root: Path, node: str, renew_interval: float = 10.0,
                  safety_bound: float = 60.0, clock: _Now | None = None,
-                 retry_interval: float = 5.0, lock_name: str = LOCK_NAME) -> None:
+                 retry_interval: float = 5.0) -> None:
         if not node:
             raise ValueError("node name must not be empty")
         if renew_interval <= 0 or retry_interval <= 0:
@@ -67,15 +140,15 @@ class PmxcfsElection:
         if safety_bound <= renew_interval:
             raise ValueError(f"safety_bound ({safety_bound} s) must exceed renew_interval "
                              f"({renew_interval} s)")
-        self.pve_root = Path(pve_root)
+        paths = PveRoot(Path(pve_root))
         self.node = node
         self.renew_interval = float(renew_interval)
         self.safety_bound = float(safety_bound)
         self.retry_interval = float(retry_interval)
         self.clock = clock
-        self.lock_path = self.pve_root / "priv" / "lock" / lock_name
-        self.members_path = self.pve_root / ".members"
-        self.status_path = status_path(self.pve_root)
+        self.lock = PmxcfsLock(paths.leader_lock)
+        self.members_path = paths.members
+        self.status_path = paths.status
         self._leading = False
         self._last_renew: float | None = None  # `now` of the last good mkdir/renew
         self._last_attempt: float | None = None
@@ -151,7 +224,7 @@ class PmxcfsElection:
                     f"lock left in place: the renew before rmdir failed ({problem})"
                     if was_leading else "this node does not hold the lock; nothing to release")
                 return
-            os.rmdir(self.lock_path)
+            self.lock.release()
             self.last_release = "lock released"
         except OSError as exc:
             self.last_release = f"lock not released: rmdir failed ({_errname(exc)})"
@@ -194,37 +267,27 @@ class PmxcfsElection:
 
     def _try_acquire(self, now: float) -> str | None:
         try:
-            os.mkdir(self.lock_path)
-            return self._become_leader(now, "became leader (lock acquired)")
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            return self._say(f"mkdir-{exc.errno}",
-                             f"standby: cannot take the lock: mkdir failed ({_errname(exc)})")
-        # Held. By this node (agent restarted)? Then a renew succeeds.
-        if self._renew(now) is None:
-            return self._become_leader(now, "became leader (resumed the lock this node holds)")
-        # By another node: ask pmxcfs to drop it if it has expired, retry.
-        # Its errno means nothing: EACCES when refused and when it worked.
-        with contextlib.suppress(OSError):
-            os.utime(self.lock_path, (0, 0))
-        try:
-            os.mkdir(self.lock_path)
-            return self._become_leader(now, "became leader (lock acquired after it expired)")
-        except FileExistsError:
+            if self.lock.take():
+                return self._become_leader(now, "became leader (lock acquired)")
+            # Held. By this node (agent restarted)? Then a renew succeeds.
+            if self._renew(now) is None:
+                return self._become_leader(now,
+                                           "became leader (resumed the lock this node holds)")
+            # By another node: ask pmxcfs to drop it if it has expired, retry.
+            self.lock.request_unlock()
+            if self.lock.take():
+                return self._become_leader(now, "became leader (lock acquired after it expired)")
             return self._say("held", "standby: lock held by another node")
         except OSError as exc:
             return self._say(f"mkdir-{exc.errno}",
                              f"standby: cannot take the lock: mkdir failed ({_errname(exc)})")
 
     def _renew(self, now: float) -> str | None:
-        """Renew with the current whole second; the error name on failure."""
-        try:
-            os.utime(self.lock_path, (0, int(now)))
-        except OSError as exc:
-            return _errname(exc)
-        self._last_renew = now
-        return None
+        """Renew the lock; the error name on failure."""
+        problem = self.lock.renew(now)
+        if problem is None:
+            self._last_renew = now
+        return problem
 
     def _become_leader(self, now: float, sentence: str) -> str | None:
         self._leading = True
@@ -252,21 +315,8 @@ class PmxcfsElection:
         return sentence
 
     def _quorate(self) -> bool | None:
-        """cluster.quorate from `.members`; None when it cannot be read (the
-        syscalls will then tell). A node without a cluster is quorate."""
-        try:
-            doc = json.loads(self.members_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(doc, dict):
-            return None
-        cluster = doc.get("cluster")
-        if not isinstance(cluster, dict):
-            return True  # pmxcfs in local mode has no cluster section
-        try:
-            return bool(int(cluster.get("quorate", 0)))
-        except (TypeError, ValueError):
-            return None
+        """None when `.members` cannot be read (the syscalls will then tell)."""
+        return read_membership(self.members_path).quorate
 
     def _published_leader(self) -> str:
         doc = read_status(self.status_path)
@@ -275,8 +325,6 @@ class PmxcfsElection:
         leader = doc.get("leader")
         if not isinstance(leader, str) or not leader or leader == self.node:
             return "unknown"
-        updated, refresh = doc.get("updated"), doc.get("refresh", 30.0)
-        if isinstance(updated, (int, float)) and isinstance(refresh, (int, float)) and \
-                self._last_now is not None and self._last_now - updated > max(3 * refresh, 120):
+        if self._last_now is not None and is_stale(doc, self._last_now):
             return f"unknown; last seen {leader}"
         return leader

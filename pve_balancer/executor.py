@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model import Mode, Snapshot
-from .pve import Task
+from .model import Mode, Snapshot, Task
 
 HA_START_TIMEOUT = 300.0
 """Seconds the HA manager gets to start moving a guest after `hamigrate`

@@ -63,5 +63,6 @@ def setup_logging(verbose: int = 0, *, journal: bool | None = None) -> str:
 
 
 def log_sentence(logger: logging.Logger, sentence: str, values: Mapping[str, object],
-                 level: int = logging.INFO) -> None:
-    logger.log(level, sentence.replace("%", "%%"), extra=fields(**values))
+                 level: int = logging.INFO, error: BaseException | None = None) -> None:
+    """One journal line; with `error`, its traceback goes into the same entry."""
+    logger.log(level, sentence.replace("%", "%%"), extra=fields(**values), exc_info=error)

@@ -96,6 +96,13 @@ class Snapshot:
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
 
+    def in_flight(self) -> tuple[str, ...]:
+        """Every sign of a migration under way: the running tasks, then the
+        guests PVE has locked for one (a task list can lag the lock)."""
+        locked = tuple(f"vm {g.vmid} locked migrate" for g in self.guests
+                       if g.lock == "migrate")
+        return (*self.migrations_running, *locked)
+
 
 @dataclass(frozen=True)
 class Estimates:
@@ -138,9 +145,55 @@ class Migration:
 @dataclass(frozen=True)
 class Decision:
     """The outcome of one policy evaluation: a migration or none, always with
-    a one-line human reason (the journal line is built from it)."""
+    a one-line human reason.
+
+    `sentence` is the journal line for it, worded by the policy (a decision
+    without a migration says "no action: ..."); `history_source` names the
+    node whose guests' CPU history this CPU decision rests on, so the agent
+    fetches that history from RRD and asks again before acting."""
 
     reason: str
     mode: Mode | None = None
     migration: Migration | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    sentence: str = ""
+    history_source: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One entry of `/cluster/tasks` (or a task status)."""
+
+    upid: str
+    node: str
+    kind: str
+    vmid: str
+    running: bool
+    exitstatus: str | None = None
+    starttime: float = 0.0
+    endtime: float | None = None
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """What `GET /nodes/{node}/qemu/{vmid}/migrate` says about a move."""
+
+    vmid: int
+    local_disks: tuple[str, ...] = ()
+    local_resources: tuple[str, ...] = ()
+    allowed_nodes: frozenset[str] | None = None
+    not_allowed: frozenset[str] = frozenset()
+
+    @property
+    def unmovable(self) -> str | None:
+        """Why the guest can never move live (None when it can)."""
+        if self.local_resources:
+            return "local resources " + ",".join(self.local_resources)
+        if self.local_disks:
+            return "local disks " + ",".join(self.local_disks)
+        return None
+
+    def blocks_target(self, target: str) -> bool:
+        if target in self.not_allowed:
+            return True
+        return self.allowed_nodes is not None and target not in self.allowed_nodes

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -78,4 +79,7 @@ class Notifier:
         self._send("STOPPING=1")
 
     def reloading(self) -> None:
-        self._send("RELOADING=1")
+        """Before re-reading the configuration; `ready()` says it is done.
+        MONOTONIC_USEC lets systemd tell this reload from an earlier one."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")

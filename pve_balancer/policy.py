@@ -45,11 +45,21 @@ class PolicyState:
     guests known not to migrate (local disks or resources, learnt from PVE's
     migrate preconditions), and when the balancer last asked PVE to migrate
     each guest (`last_moved[vmid]`, snapshot time of the POST, for
-    `PROACTIVE_REST`; the agent keeps entries at least that long)."""
+    `PROACTIVE_REST`; the agent keeps entries at least that long).
+
+    `settle_until` (snapshot time) holds every decision back after a
+    migration ended, until PVE's node statistics show the guest where it now
+    is; `settle_after` says which migration, for the journal. `warming` are
+    the running guests whose CPU EMA is neither seeded from RRD nor backed by
+    a minute of samples: a CPU move off a node with such guests would rest on
+    guesses about which VM is busiest, so it waits."""
 
     cooldown_until: Mapping[int, float] = field(default_factory=dict)
     unmovable: frozenset[int] = frozenset()
     last_moved: Mapping[int, float] = field(default_factory=dict)
+    settle_until: float = 0.0
+    settle_after: str = ""
+    warming: frozenset[int] = frozenset()
 
 
 # --- sanitised numbers -------------------------------------------------------
@@ -199,10 +209,7 @@ class _View:
 
 
 def _guard(snapshot: Snapshot, config: Config) -> str | None:
-    running = list(snapshot.migrations_running)
-    running += [
-        f"vm {g.vmid} locked migrate" for g in snapshot.guests if g.lock == "migrate"
-    ]
+    running = snapshot.in_flight()
     if running:
         more = f" and {len(running) - 3} more" if len(running) > 3 else ""
         shown = ", ".join(running[:3]) + more
@@ -566,6 +573,30 @@ def _describe(migration: Migration) -> str:
     )
 
 
+def _no_action(reason: str, thresholds: dict[str, float], mode: Mode | None = None,
+               history_source: str | None = None) -> Decision:
+    return Decision(reason=reason, mode=mode, thresholds=thresholds,
+                    sentence=f"no action: {reason}", history_source=history_source)
+
+
+def _warming_veto(view: _View, source: str, state: PolicyState) -> str | None:
+    """Why a CPU move off `source` must wait for guest CPU history, if it must."""
+    vms = [g.vmid for g in view.snapshot.guests
+           if g.node == source and g.kind == "qemu" and g.status == "running"]
+    cold = [v for v in vms if v in state.warming]
+    if not cold:
+        return None
+    return (f"{source} above cpu_max but the CPU history of {len(cold)} of {len(vms)} VMs "
+            "there is still warming up (no RRD data)")
+
+
+def gave_up(decision: Decision, attempts: int) -> Decision:
+    """The decision when `attempts` chosen guests in a row turned out not to
+    move live (PVE's preconditions said so): stop asking for this cycle."""
+    return _no_action(f"gave up after {attempts} candidates turned out unmovable "
+                      f"({decision.reason})", decision.thresholds, decision.mode)
+
+
 def decide(
     snapshot: Snapshot,
     estimates: Estimates,
@@ -576,35 +607,43 @@ def decide(
     """The one migration to start now, or none, with the reason and numbers."""
     view = _View.build(snapshot, estimates, config)
     thresholds = _thresholds(view)
+    if snapshot.time < state.settle_until:
+        wait = (f"waiting {state.settle_until - snapshot.time:.0f} s for node statistics to "
+                f"refresh after {state.settle_after}")
+        return Decision(reason=wait, thresholds=thresholds, sentence=wait)
     guard = _guard(snapshot, config)
     if guard is not None:
-        return Decision(reason=guard, thresholds=thresholds)
+        return _no_action(guard, thresholds)
     if not view.loads:
-        return Decision(reason="waiting: no online node", thresholds=thresholds)
+        return _no_action("waiting: no online node", thresholds)
 
     trigger = _check(view)
     if isinstance(trigger, str):
-        return Decision(reason=trigger, thresholds=thresholds)
+        return _no_action(trigger, thresholds)
 
     first: _Rejection | None = None
     for source in trigger.sources:
         outcome = _try_source(view, trigger.mode, source, state, rng)
         if isinstance(outcome, Migration):
+            history = source.name if trigger.mode is Mode.CPU else None
+            veto = _warming_veto(view, source.name, state) if history else None
+            if veto is not None:
+                return _no_action(veto, thresholds, trigger.mode, history)
             text = trigger.text if source is trigger.sources[0] else (
                 f"{trigger.text}; {source.name} at "
                 f"{_f(_utilisation(source, trigger.mode))} also above"
             )
+            reason = f"{text}: {_describe(outcome)}"
             return Decision(
-                reason=f"{text}: {_describe(outcome)}",
+                reason=reason,
                 mode=trigger.mode,
                 migration=outcome,
                 thresholds=thresholds,
+                sentence=reason,
+                history_source=history,
             )
         if first is None:
             first = outcome
     detail = first.text if first is not None else "no source node"
-    return Decision(
-        reason=f"{trigger.text} but no favourable migration: {detail}",
-        mode=trigger.mode,
-        thresholds=thresholds,
-    )
+    return _no_action(f"{trigger.text} but no favourable migration: {detail}", thresholds,
+                      trigger.mode)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import re
 import subprocess
 import sys
@@ -41,6 +40,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+
+from .election import PmxcfsLock, read_membership
+from .paths import DEFAULT_ROOT, PveRoot
+from .pve import ApiToken, TokenError
+from .status import write_atomic
 
 USER = "pve-balancer@pve"
 TOKEN_NAME = "agent"
@@ -52,10 +56,6 @@ ROLE = "PVEBalancer"
 # preconditions (GET) and the migration itself (POST) need VM.Migrate.
 PRIVILEGES = ("Sys.Audit", "VM.Audit", "VM.Migrate")
 
-TOKEN_FILE = Path("priv/pve-balancer.token")
-CONFIG_FILE = Path("balancer.yaml")
-STATUS_DIR = Path("pve-balancer")
-SETUP_LOCK = Path("priv/lock/pve-balancer-setup")
 FINISH_COMMAND = "pve-balancer setup"
 
 EXAMPLE_CONFIGS = (
@@ -128,57 +128,30 @@ def _is_fuse_mount(path: Path) -> bool:
 
 
 def cluster_state(pve_root: Path, require_fuse: bool = True) -> ClusterState:
-    """Read pmxcfs's ``.members`` to learn whether set-up can write now.
+    """Whether set-up can write to the cluster file system now.
 
-    A node that is not in a cluster has no ``cluster`` section there; pmxcfs
-    then runs in local mode, which is always writable.
+    A node that is not in a cluster has no ``cluster`` section in
+    ``.members``; pmxcfs then runs in local mode, which is always writable.
     """
-    members = pve_root / ".members"
     if require_fuse and not _is_fuse_mount(pve_root):
         return ClusterState(False, False, f"{pve_root} is not mounted (pve-cluster not running)")
-    try:
-        data = json.loads(members.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return ClusterState(False, False, f"{members} is missing (pve-cluster not running)")
-    except (OSError, ValueError) as exc:
-        return ClusterState(False, False, f"{members} is unreadable: {exc}")
-    if not isinstance(data, dict):
-        return ClusterState(False, False, f"{members} does not hold a JSON object")
-    cluster = data.get("cluster")
-    if isinstance(cluster, dict) and not cluster.get("quorate"):
+    membership = read_membership(PveRoot(pve_root).members)
+    if membership.quorate is None:
+        return ClusterState(False, False, membership.problem)
+    if not membership.quorate:
         return ClusterState(True, False, "this node is not part of a quorate cluster partition")
     return ClusterState(True, True, "")
 
 
 def read_token_id(token_file: Path) -> str | None:
-    """The ``USER@REALM!NAME`` part of the token file, or None if absent/empty."""
+    """The ``USER@REALM!NAME`` of the token in the file, None when there is
+    none (no file, or only blank and comment lines). A file that holds
+    something else is not ours to overwrite: that is an error naming it."""
     try:
-        text = token_file.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    if not text:
-        return None
-    return text.split("=", 1)[0].strip()
-
-
-def write_atomically(path: Path, data: str, mode: int = 0o600) -> None:
-    """Create ``path`` with ``data`` so that readers never see a partial file.
-
-    Written to a temporary name in the same directory, synced, then renamed
-    over the target (pmxcfs supports rename; PVE writes its files this way).
-    """
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        token = ApiToken.find(token_file)
+    except TokenError as exc:
+        raise SetupFailedError(f"{exc}; fix or remove the file") from exc
+    return token.token_id if token is not None else None
 
 
 class _Pveum:
@@ -242,32 +215,32 @@ def setup_lock(
     tries. If another node keeps it longer than ``wait`` it is busy setting
     up: give up and let the caller say so.
     """
-    lock = pve_root / SETUP_LOCK
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = PmxcfsLock(PveRoot(pve_root).setup_lock)
+    lock.path.parent.mkdir(parents=True, exist_ok=True)
     waited = 0.0
     while True:
         try:
-            os.mkdir(lock)
-            break
-        except FileExistsError:
-            with contextlib.suppress(OSError):
-                os.utime(lock, (0, 0))
+            if lock.take():
+                break
         except PermissionError as exc:
             raise SetupImpossibleError(
-                f"cannot take {lock}: {exc.strerror} (quorum lost?)"
+                f"cannot take {lock.path}: {exc.strerror} (quorum lost?)"
             ) from exc
+        lock.request_unlock()
         if waited >= wait:
-            raise SetupImpossibleError(f"another node holds {lock}: it is running the set-up")
+            raise SetupImpossibleError(
+                f"another node holds {lock.path}: it is running the set-up")
         sleep(retry)
         waited += retry
     try:
         yield
     finally:
         try:
-            os.rmdir(lock)
+            lock.release()
         except OSError as exc:
             if exc.errno != errno.ENOENT:
-                print(f"pve-balancer setup: could not release {lock}: {exc}", file=sys.stderr)
+                print(f"pve-balancer setup: could not release {lock.path}: {exc}",
+                      file=sys.stderr)
 
 
 _KEY_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*:")
@@ -306,12 +279,12 @@ class _Setup:
         out: TextIO,
         example_configs: Sequence[Path],
     ) -> None:
-        self.root = pve_root
+        self.paths = PveRoot(pve_root)
         self.pveum = pveum
         self.out = out
         self.example_configs = example_configs
-        self.token_file = pve_root / TOKEN_FILE
-        self.config_file = pve_root / CONFIG_FILE
+        self.token_file = self.paths.token
+        self.config_file = self.paths.config
 
     def say(self, text: str) -> None:
         print(f"pve-balancer setup: {text}", file=self.out)
@@ -326,7 +299,7 @@ class _Setup:
                      " (the built-in defaults apply)")
             return
         text = commented_defaults(example.read_text(encoding="utf-8"))
-        write_atomically(self.config_file, text, 0o640)
+        write_atomic(self.config_file, text, 0o640)
         self.say(f"created {self.config_file} from {example} (every key commented out)")
 
     def ensure_role(self) -> None:
@@ -362,7 +335,7 @@ class _Setup:
         secret = answer.get("value") if isinstance(answer, dict) else None
         if not isinstance(secret, str) or not secret:
             raise SetupFailedError("pveum user token add did not return the token's secret")
-        write_atomically(self.token_file, f"{TOKEN_ID}={secret}\n", 0o600)
+        write_atomic(self.token_file, f"{TOKEN_ID}={secret}\n", 0o600)
         self.say(f"created privilege-separated token {TOKEN_ID}, secret in {self.token_file}")
 
     def ensure_acl(self) -> None:
@@ -401,7 +374,7 @@ class _Setup:
         if read_token_id(self.token_file) == TOKEN_ID:
             self.token_file.unlink()
             self.say(f"removed {self.token_file}")
-        status_dir = self.root / STATUS_DIR
+        status_dir = self.paths.status_dir
         if status_dir.is_dir():
             for child in status_dir.iterdir():
                 child.unlink()
@@ -412,7 +385,7 @@ class _Setup:
 
 
 def run_setup(
-    pve_root: Path = Path("/etc/pve"),
+    pve_root: Path = DEFAULT_ROOT,
     if_possible: bool = False,
     remove: bool = False,
     *,
@@ -437,7 +410,7 @@ def run_setup(
 
     state = cluster_state(pve_root, require_fuse=require_fuse)
     if not state.quorate:
-        if not remove and read_token_id(setup.token_file) and setup.config_file.exists():
+        if not remove and setup.token_file.exists() and setup.config_file.exists():
             setup.say(f"already set up ({setup.token_file} and {setup.config_file} exist);"
                       f" not verified now: {state.reason}")
             return 0

@@ -20,7 +20,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
 from .calendar import ScheduleError, next_start
-from .model import AffinityRule, Guest, Node, Snapshot
+from .model import AffinityRule, Guest, Node, Preconditions, Snapshot, Task
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,28 @@ class ApiToken:
 
     @classmethod
     def read(cls, path: Path) -> ApiToken:
-        """Read the first non-comment line of the token file. A file others
-        can read is used but warned about: it grants VM.Migrate."""
+        """The token of the token file (see `find`); a missing file or one
+        without a token line is an error too."""
+        token = cls.find(path)
+        if token is None:
+            if not path.exists():
+                raise TokenError(f"cannot read API token file {path}: No such file or directory")
+            raise TokenError(f"{path}: no token line; expected USER@REALM!TOKENID=SECRET")
+        return token
+
+    @classmethod
+    def find(cls, path: Path) -> ApiToken | None:
+        """The first non-comment line of the token file, parsed; None when
+        the file does not exist or holds no such line. A file others can
+        read is used but warned about: it grants VM.Migrate."""
         try:
             st = path.stat()
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise TokenError(f"cannot read API token file {path}: {exc.strerror or exc}") from exc
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise TokenError(f"cannot read API token file {path}: {reason or exc}") from exc
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("API token file %s is readable by group/others (mode %o); use 0600",
                         path, stat.S_IMODE(st.st_mode))
@@ -117,7 +132,7 @@ class ApiToken:
                     return cls.parse(line)
                 except TokenError as exc:
                     raise TokenError(f"{path}: {exc}") from exc
-        raise TokenError(f"{path}: no token line; expected USER@REALM!TOKENID=SECRET")
+        return None
 
 
 # ---------------------------------------------------------------- parsing
@@ -278,20 +293,6 @@ def parse_maintenance(manager_status: object) -> frozenset[str]:
     return frozenset(out)
 
 
-@dataclass(frozen=True)
-class Task:
-    """One entry of `/cluster/tasks` (or a task status)."""
-
-    upid: str
-    node: str
-    kind: str
-    vmid: str
-    running: bool
-    exitstatus: str | None = None
-    starttime: float = 0.0
-    endtime: float | None = None
-
-
 def parse_upid(upid: str) -> tuple[str, str, str]:
     """(node, task type, id) from `UPID:node:pid:pstart:starttime:type:id:user:`."""
     parts = upid.split(":")
@@ -394,32 +395,6 @@ def parse_rrd_cpu(data: object, now: float, window: float = RRD_WINDOW,
     return [p for p in points if p[0] >= newest - window]
 
 
-@dataclass(frozen=True)
-class Preconditions:
-    """What `GET /nodes/{node}/qemu/{vmid}/migrate` says about a move."""
-
-    vmid: int
-    local_disks: tuple[str, ...] = ()
-    local_resources: tuple[str, ...] = ()
-    allowed_nodes: frozenset[str] | None = None
-    not_allowed: frozenset[str] = frozenset()
-    has_dbus_vmstate: bool = False
-
-    @property
-    def unmovable(self) -> str | None:
-        """Why the guest can never move live (None when it can)."""
-        if self.local_resources:
-            return "local resources " + ",".join(self.local_resources)
-        if self.local_disks:
-            return "local disks " + ",".join(self.local_disks)
-        return None
-
-    def blocks_target(self, target: str) -> bool:
-        if target in self.not_allowed:
-            return True
-        return self.allowed_nodes is not None and target not in self.allowed_nodes
-
-
 def parse_preconditions(vmid: int, data: object) -> Preconditions:
     if not isinstance(data, Mapping):
         raise PveError(f"migrate preconditions of {vmid}: expected an object")
@@ -441,8 +416,7 @@ def parse_preconditions(vmid: int, data: object) -> Preconditions:
         vmid=vmid, local_disks=tuple(disks), local_resources=tuple(r for r in resources if r),
         allowed_nodes=frozenset(_text(n) for n in allowed) if isinstance(allowed, list) else None,
         not_allowed=frozenset(str(n) for n in not_allowed)
-        if isinstance(not_allowed, Mapping) else frozenset(),
-        has_dbus_vmstate=_flag(data.get("has-dbus-vmstate")))
+        if isinstance(not_allowed, Mapping) else frozenset())
 
 
 def parse_major_version(data: object) -> int:
@@ -467,9 +441,8 @@ class PveClient:
     from it. All methods raise `PveError` on failure, never proxmoxer's or
     requests' exceptions."""
 
-    def __init__(self, api: Any, node: str = "") -> None:
+    def __init__(self, api: Any) -> None:
         self.api = api
-        self.node = node
         self._slow: dict[str, _Cached] = {}
         self._version: int | None = None
         self.requests = 0
@@ -549,9 +522,7 @@ class PveClient:
         if maintenance:
             nodes = tuple(Node(n.name, n.online, n.cpu, n.maxcpu, n.mem, n.maxmem,
                                maintenance=n.name in maintenance) for n in nodes)
-        running: list[str] = [t.upid for t in tasks
-                              if t.running and t.kind in MIGRATION_TASK_TYPES]
-        running += [f"vm {g.vmid} lock:migrate" for g in guests if g.lock == "migrate"]
+        running = [t.upid for t in tasks if t.running and t.kind in MIGRATION_TASK_TYPES]
         snapshot = Snapshot(
             time=now, nodes=nodes, guests=guests, rules=parsed_rules,
             ha_auto_rebalance=parse_auto_rebalance(options),
@@ -636,5 +607,3 @@ def connect(api_url: str, token: ApiToken, verify: str | bool = True,
                      verify_ssl=verify, timeout=timeout, backend="https", service="PVE")
     return PveClient(api)
 
-
-ClientFactory = Callable[[], PveClient]

@@ -10,6 +10,10 @@ when something changed (new leader, new decision), otherwise a refresh every
 `REFRESH` seconds so readers can tell a live leader from a dead one by
 `updated`. Each write is a temp file plus rename, so readers never see half
 a file.
+
+This module also owns two facts other modules rely on: when a published
+status is stale (its leader is presumably gone, `is_stale`), and how a file
+in /etc/pve is replaced safely (`write_atomic`, also used by `setup`).
 """
 
 from __future__ import annotations
@@ -26,14 +30,24 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STATUS_RELPATH = Path("pve-balancer") / "status.json"
 REFRESH = 30.0
 KEEP_DECISIONS = 20
 FORMAT_VERSION = 1
+STALE_AFTER_MIN = 120.0
+"""A status is never called stale sooner than this: a leader's write can
+wait out a pmxcfs membership change, and the lock itself lives 120 s."""
 
 
-def status_path(pve_root: Path) -> Path:
-    return pve_root / STATUS_RELPATH
+def is_stale(doc: Mapping[str, Any], now: float) -> bool:
+    """Whether the leader that wrote `doc` has stopped refreshing it: no
+    update for four refresh periods (and at least `STALE_AFTER_MIN`). A
+    document without a usable time is not judged stale."""
+    updated, refresh = doc.get("updated"), doc.get("refresh", REFRESH)
+    if isinstance(updated, bool) or not isinstance(updated, int | float):
+        return False
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float):
+        refresh = REFRESH
+    return now - float(updated) > max(4 * float(refresh), STALE_AFTER_MIN)
 
 
 @dataclass(frozen=True)
@@ -91,13 +105,10 @@ class StatusWriter:
         self._decisions.append(rec)
         self._dirty = True
 
-    def update(self, nodes: Sequence[NodeRecord], thresholds: Mapping[str, float],
-               last_action: str | None = None) -> None:
+    def update(self, nodes: Sequence[NodeRecord], thresholds: Mapping[str, float]) -> None:
         """Latest view; does not by itself make a write due."""
         self._nodes = tuple(nodes)
         self._thresholds = dict(thresholds)
-        if last_action is not None:
-            self._last_action = last_action
 
     def note(self, last_action: str) -> None:
         """This cycle's sentence (shown by `status`; no write by itself)."""
@@ -123,7 +134,8 @@ class StatusWriter:
         if not due:
             return False
         try:
-            write_atomic(self.path, json.dumps(self.document(now), indent=1, sort_keys=True))
+            write_atomic(self.path, json.dumps(self.document(now), indent=1, sort_keys=True),
+                         mode=0o644)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, exc.strerror or exc)
             return False
@@ -133,16 +145,21 @@ class StatusWriter:
         return True
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so readers see the old or the new file."""
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text` so that readers see the old or the new
+    file, never a part: written to a temporary name beside it (created with
+    `mode`, private by default), synced, then renamed over it (pmxcfs
+    supports rename; PVE writes its own files this way)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pve_balancer.agent import Agent, ConfigSource
-from pve_balancer.config import Config
+from pve_balancer.agent import Agent, CycleResult
+from pve_balancer.config import Config, ConfigSource
 from pve_balancer.daemon import Daemon
+from pve_balancer.env import PveEnvironment
 from pve_balancer.leadership import AlwaysLeader, Election
 from pve_balancer.notify import Notifier
 from pve_balancer.pve import ApiToken, PveClient, connect
@@ -48,9 +49,9 @@ class Lab:
         cycles = max(1, round(seconds / interval))
         start = len(self.sentences)
 
-        def keep(sentence: str) -> None:
-            self.sentences.append((self.sim.now, sentence))
-            self.fields.append(dict(self.agent.last_fields))
+        def keep(result: CycleResult) -> None:
+            self.sentences.append((self.sim.now, result.sentence))
+            self.fields.append(dict(result.fields))
 
         self.daemon.loop(cycles, keep, trailing_sleep=True)
         return [s for _, s in self.sentences[start:]]
@@ -102,7 +103,6 @@ def attach_client(sim: Any, node: str, token_id: str = AGENT_TOKEN,
 
     token = ApiToken.parse(f"{token_id}={sim.tokens[token_id]}")
     client = connect("https://localhost:8006", token, verify=True)
-    client.node = node
     attach(client.api, handler if handler is not None else sim, node,
            sleep=lambda seconds: sim.advance(seconds))
     return client
@@ -132,9 +132,9 @@ def make_lab(scenario: dict[str, Any] | str | Path, config: Config | None = None
     clock = VirtualClock(sim)
     status = StatusWriter(status_dir / "pve-balancer" / "status.json", node) \
         if status_dir is not None else None
-    agent = Agent(node=node, client=client, election=election or AlwaysLeader(),
-                  config=ConfigSource.fixed(config or Config(seed=1)), clock=clock,
-                  status=status)
+    env = PveEnvironment(node=node, connect=lambda: client, election=election or AlwaysLeader(),
+                         clock=clock, status=status)
+    agent = Agent(env, ConfigSource.fixed(config or Config(seed=1)))
     notes: list[str] = []
 
     def send(state: str) -> bool:

@@ -239,7 +239,7 @@ def test_failed_migration_goes_into_cooldown_and_is_not_retried() -> None:
 def test_leader_publishes_status_at_a_modest_rate(tmp_path: Any) -> None:
     lab = make_lab(cpu_hotspot(), status_dir=tmp_path)
     lab.run(10 * 60)
-    writer = lab.agent.status
+    writer = lab.agent.env.status
     assert writer is not None
     # 10 min at one refresh per 30 s, plus one write per decision event
     events = len(lab.migrate_posts()) * 2

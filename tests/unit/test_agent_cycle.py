@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from pve_balancer.agent import Agent, ConfigSource
-from pve_balancer.config import Config
+from pve_balancer.agent import Agent
+from pve_balancer.config import Config, ConfigSource
+from pve_balancer.env import PveEnvironment
 from pve_balancer.leadership import AlwaysLeader
-from pve_balancer.model import Guest, Node, Snapshot
-from pve_balancer.pve import Preconditions, PveError, Task
+from pve_balancer.model import Guest, Node, Preconditions, Snapshot, Task
+from pve_balancer.pve import PveError
 
 GIB = 1 << 30
 UPID = "UPID:pve1:00001234:00ABCDEF:6745A0F0:qmigrate:{}:pve-balancer@pve!agent:"
@@ -109,8 +110,9 @@ class LeaderThatCannotConfirm(Standby):
 
 def agent(client: Any, election: Any = None, config: Config | None = None,
           source: ConfigSource | None = None) -> Agent:
-    return Agent(node="pve1", client=lambda: client, election=election or AlwaysLeader(),
-                 config=source or ConfigSource.fixed(config or Config(seed=3)), clock=Clock())
+    env = PveEnvironment(node="pve1", connect=lambda: client,
+                         election=election or AlwaysLeader(), clock=Clock())
+    return Agent(env, source or ConfigSource.fixed(config or Config(seed=3)))
 
 
 def posts(client: FakeClient) -> list[str]:
@@ -120,29 +122,31 @@ def posts(client: FakeClient) -> list[str]:
 def test_standby_touches_no_api() -> None:
     client = FakeClient()
     a = agent(client, Standby())
-    assert a.run_cycle() == "standby (leader: pve2)"
+    result = a.run_cycle()
+    assert result.sentence == "standby (leader: pve2)"
     assert client.calls == []
-    assert a.last_fields["role"] == "standby"
+    assert result.fields["role"] == "standby"
 
 
 def test_leader_starts_one_migration_then_follows_it() -> None:
     client = FakeClient()
     a = agent(client)
-    first = a.run_cycle()
+    result = a.run_cycle()
+    first = result.sentence
     assert first.startswith("leading as the only balancer")
     assert "memory" in first and "started task UPID:" in first
     assert len(posts(client)) == 1
-    assert a.last_fields["result"] == "started"
-    second = a.run_cycle()
+    assert result.fields["result"] == "started"
+    second = a.run_cycle().sentence
     assert "running for" in second
     assert len(posts(client)) == 1, "nothing new while one is in flight"
     client.task_running = False
-    a.clock.sleep(30)  # type: ignore[attr-defined]
-    done = a.run_cycle()
+    a.env.sleep(30)
+    done = a.run_cycle().sentence
     assert done.startswith("migrated vm")
     assert a.inflight is None and a.cooldown_until
-    a.clock.sleep(5)  # type: ignore[attr-defined]
-    assert a.run_cycle().startswith("waiting"), "no decision on pre-migration statistics"
+    a.env.sleep(5)
+    assert a.run_cycle().sentence.startswith("waiting"), "no decision on pre-migration statistics"
     assert len(posts(client)) == 1
 
 
@@ -158,7 +162,7 @@ def test_unmovable_guests_are_learnt_and_skipped_without_a_post() -> None:
 def test_no_post_without_confirmed_leadership() -> None:
     client = FakeClient()
     election = LeaderThatCannotConfirm()
-    sentence = agent(client, election).run_cycle()
+    sentence = agent(client, election).run_cycle().sentence
     assert "leadership could not be confirmed" in sentence
     assert election.confirms == 1 and posts(client) == []
 
@@ -171,7 +175,7 @@ def test_disabled_and_dry_run_never_post(config: Config, prefix: str) -> None:
     client = FakeClient()
     a = agent(client, config=config)
     a.run_cycle()
-    sentence = a.run_cycle()
+    sentence = a.run_cycle().sentence
     assert sentence.startswith(prefix), sentence
     assert posts(client) == []
 
@@ -180,10 +184,12 @@ def test_cycle_never_raises_and_names_the_error() -> None:
     client = FakeClient()
     client.fail_sample = PveError("GET /cluster/resources: timed out")
     a = agent(client)
-    assert "cannot reach the PVE API: GET /cluster/resources: timed out" in a.run_cycle()
+    assert "cannot reach the PVE API: GET /cluster/resources: timed out" in a.run_cycle().sentence
     client.fail_sample = ZeroDivisionError("boom")
-    assert a.run_cycle() == "cycle failed: ZeroDivisionError: boom"
-    assert a.last_level == logging.ERROR
+    failed = a.run_cycle()
+    assert failed.sentence == "cycle failed: ZeroDivisionError: boom"
+    assert failed.level == logging.ERROR
+    assert isinstance(failed.error, ZeroDivisionError), "the daemon logs its traceback"
 
 
 def test_migrate_post_failure_puts_the_guest_in_cooldown() -> None:
@@ -195,7 +201,7 @@ def test_migrate_post_failure_puts_the_guest_in_cooldown() -> None:
 
     client.migrate = refuse  # type: ignore[method-assign]
     a = agent(client)
-    sentence = a.run_cycle()
+    sentence = a.run_cycle().sentence
     assert "could not start" in sentence and "cooldown" in sentence
     vmid = int(posts(client)[0].split()[1])
     assert vmid in a.cooldown_until
@@ -225,15 +231,15 @@ class CpuHotClient(FakeClient):
 def test_cpu_mode_waits_for_a_minute_of_guest_history_without_rrd() -> None:
     client = CpuHotClient()
     a = agent(client)
-    first = a.run_cycle()
+    first = a.run_cycle().sentence
     assert "still warming up" in first and posts(client) == []
     assert sorted(c for c in client.calls if c.startswith("rrd 1")) == [
         "rrd 101", "rrd 102", "rrd 103", "rrd 104"], "RRD asked once per guest"
     for _ in range(11):
-        a.clock.sleep(5)  # type: ignore[attr-defined]
-        assert "still warming up" in a.run_cycle()
-    a.clock.sleep(5)  # type: ignore[attr-defined]
-    sentence = a.run_cycle()
+        a.env.sleep(5)
+        assert "still warming up" in a.run_cycle().sentence
+    a.env.sleep(5)
+    sentence = a.run_cycle().sentence
     assert "started task" in sentence and "vm 101" not in sentence, "busiest VM kept"
     assert len([c for c in client.calls if c.startswith("rrd 1")]) == 4
 
@@ -271,11 +277,11 @@ def test_never_valid_config_makes_the_agent_passive(tmp_path: Path) -> None:
     write(path, "enabled: maybe\n", 1000)
     client = FakeClient()
     a = agent(client, source=ConfigSource(path))
-    sentence = a.run_cycle()
+    sentence = a.run_cycle().sentence
     assert "passive: no valid configuration" in sentence
     assert client.calls == []
     write(path, "enabled: true\n", 2000)
-    assert "started task" in a.run_cycle()
+    assert "started task" in a.run_cycle().sentence
 
 
 def test_sighup_reload_rereads_even_without_a_visible_change(tmp_path: Path) -> None:
@@ -328,20 +334,21 @@ def test_losing_leadership_drops_the_followed_migration_and_a_new_term_starts_fr
     client = FakeClient()
     election = Switchable()
     a = agent(client, election)
-    assert a.run_cycle().startswith("became leader; ")
+    assert a.run_cycle().sentence.startswith("became leader; ")
     assert a.inflight is not None
     moving = a.inflight.vmid
     assert moving in a.cooldown_until, "in cooldown from the start of its move"
     election.leading = False
     calls = len(client.calls)
-    assert a.run_cycle() == "lost the leader lock; standby (leader: pve2)"
+    lost = a.run_cycle()
+    assert lost.sentence == "lost the leader lock; standby (leader: pve2)"
     assert a.inflight is None and len(client.calls) == calls, "a standby asks nothing"
-    assert a.last_fields["role"] == "standby"
+    assert lost.fields["role"] == "standby"
     estimator = a.estimator
     election.leading = True
-    a.clock.sleep(5)  # type: ignore[attr-defined]
-    sentence = a.run_cycle()
-    assert sentence.startswith("became leader; ")
+    a.env.sleep(5)
+    again = a.run_cycle()
+    assert again.sentence.startswith("became leader; ")
     assert a.estimator is not estimator, "EMAs restart (warmed from RRD) in a new term"
     assert "invalidate" in client.calls, "cached rules/options are re-read in a new term"
-    assert a.last_fields["role"] == "leader"
+    assert again.fields["role"] == "leader"

@@ -14,8 +14,8 @@ from .test_agent_cycle import FakeClient, agent, posts
 def test_a_started_migration_is_remembered_for_the_proactive_rest() -> None:
     client = FakeClient()
     a = agent(client, config=Config(seed=3, vm_cooldown=60))
-    posted_at = a.clock.now()
-    assert "started task" in a.run_cycle()
+    posted_at = a.env.now()
+    assert "started task" in a.run_cycle().sentence
     vmid = int(posts(client)[0].split()[1])
     assert a._policy_state(posted_at).last_moved == {vmid: posted_at}
     # past the cooldown, still within the rest
@@ -37,8 +37,8 @@ def test_a_refused_migration_counts_as_tried() -> None:
 
     client.migrate = refuse  # type: ignore[method-assign]
     a = agent(client)
-    posted_at = a.clock.now()
-    assert "could not start" in a.run_cycle()
+    posted_at = a.env.now()
+    assert "could not start" in a.run_cycle().sentence
     vmid = int(posts(client)[0].split()[1])
     assert a._policy_state(posted_at + 1).last_moved == {vmid: posted_at}
 
@@ -46,5 +46,5 @@ def test_a_refused_migration_counts_as_tried() -> None:
 def test_no_post_no_record() -> None:
     client = FakeClient()
     a = agent(client, config=Config(seed=3, dry_run=True))
-    assert "dry run, not started" in a.run_cycle()
+    assert "dry run, not started" in a.run_cycle().sentence
     assert posts(client) == [] and a.last_moved == {}

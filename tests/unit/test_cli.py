@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pve_balancer import cli
+from pve_balancer.paths import PveRoot
 from pve_balancer.status import DecisionRecord, NodeRecord, StatusWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,21 +73,24 @@ def test_help_names_every_command_and_the_files(capsys: pytest.CaptureFixture[st
 
 
 def test_paths_derive_from_the_root() -> None:
-    paths = cli.Paths(Path("/x/pve"))
+    paths = PveRoot(Path("/x/pve"))
     assert paths.config == Path("/x/pve/balancer.yaml")
     assert paths.token == Path("/x/pve/priv/pve-balancer.token")
     assert paths.ca == Path("/x/pve/pve-root-ca.pem")
-    assert paths.lock == Path("/x/pve/priv/lock/pve-balancer")
+    assert paths.leader_lock == Path("/x/pve/priv/lock/pve-balancer")
+    assert paths.setup_lock == Path("/x/pve/priv/lock/pve-balancer-setup")
+    assert paths.members == Path("/x/pve/.members")
     assert paths.status == Path("/x/pve/pve-balancer/status.json")
-    assert cli.Paths(Path("/x"), Path("/y.yaml")).config == Path("/y.yaml")
+    assert PveRoot(Path("/x"), Path("/y.yaml")).config == Path("/y.yaml")
 
 
 def test_status_renders_the_leaders_file_without_api(tmp_path: Path) -> None:
-    writer = StatusWriter(cli.Paths(tmp_path).status, "pve2")
+    writer = StatusWriter(PveRoot(tmp_path).status, "pve2")
     writer.became_leader(time.time() - 600)
     writer.update([NodeRecord("pve1", True, 0.83, 0.9, 40 * GIB, 64 * GIB),
                    NodeRecord("pve2", True, 0.41, 0.4, 20 * GIB, 64 * GIB, maintenance=True)],
-                  {"cpu_max": 0.8, "memory_max": 0.8}, "no action: balanced")
+                  {"cpu_max": 0.8, "memory_max": 0.8})
+    writer.note("no action: balanced")
     writer.record(DecisionRecord(time.time() - 60, "cpu", 105, "web5", "pve1", "pve2", "ok"))
     assert writer.maybe_write(time.time())
     code, out = run_cli("--pve-root", str(tmp_path), "status", "--no-live")

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from pve_balancer import journal
-from pve_balancer.agent import Agent, ConfigSource
-from pve_balancer.config import Config
+from pve_balancer.agent import Agent, CycleResult
+from pve_balancer.config import Config, ConfigSource
 from pve_balancer.daemon import Daemon, sentence_kind
+from pve_balancer.env import PveEnvironment
 from pve_balancer.leadership import AlwaysLeader
 from pve_balancer.notify import Notifier, socket_notify
+from pve_balancer.pve import PveClient
 
 
 class Clock:
@@ -45,13 +47,16 @@ class ScriptedAgent:
         self.reloads = 0
         self.on_cycle: Any = None
 
-    def run_cycle(self) -> str:
+    def run_cycle(self) -> CycleResult:
         self.starts.append(self.clock.t)
         i = len(self.starts) - 1
         self.clock.t += self.durations[i] if i < len(self.durations) else 0.1
         if self.on_cycle:
             self.on_cycle(i)
-        return f"no action: cycle {i}"
+        return CycleResult(f"no action: cycle {i}", self.last_level, dict(self.last_fields))
+
+    def release(self) -> None:
+        self.election.release()
 
     def reload(self) -> bool:
         self.reloads += 1
@@ -177,17 +182,33 @@ def test_structured_fields_reach_the_log_record(caplog: pytest.LogCaptureFixture
     assert record.PVE_BALANCER_VMID == "105"  # type: ignore[attr-defined]
 
 
-def test_real_agent_in_the_loop_reports_its_role() -> None:
+def test_real_agent_in_the_loop_reports_its_role(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
 
-    class Dead:
-        def sample(self, now: float) -> Any:
-            raise OSError("connection refused")
+    def connect() -> PveClient:
+        raise OSError("connection refused")
 
-    agent = Agent(node="pve1", client=lambda: Dead(), election=AlwaysLeader(),  # type: ignore[arg-type,return-value]
-                  config=ConfigSource.fixed(Config()), clock=clock)
+    env = PveEnvironment(node="pve1", connect=connect, election=AlwaysLeader(), clock=clock)
+    agent = Agent(env, ConfigSource.fixed(Config()))
     sent: list[str] = []
     daemon = Daemon(agent, clock, Notifier(lambda s: sent.append(s) or True))
-    assert daemon.run_once().startswith(
+    with caplog.at_level(logging.INFO, logger="pve_balancer"):
+        result = daemon.run_once()
+    assert result.sentence.startswith(
         "leading as the only balancer (no election); cycle failed: OSError")
     assert sent[0].startswith("STATUS=leader: ")
+    # an unexpected exception: one ERROR entry, the sentence with its traceback
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert errors[0].getMessage() == result.sentence
+
+
+def test_sighup_reload_is_framed_by_reloading_and_ready() -> None:
+    daemon, agent, sent = make([0.1] * 3)
+    daemon.run(max_cycles=1)
+    sent.clear()
+    daemon.request_reload()
+    daemon.run_once()
+    assert agent.reloads == 1
+    assert sent[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert sent[1] == "READY=1", "systemctl reload returns once the reload is done"

@@ -19,6 +19,7 @@ import pytest
 
 from pve_balancer import provision
 from pve_balancer.provision import CommandResult
+from pve_balancer.status import write_atomic
 
 SECRET = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 EXAMPLE_TEXT = "# pve-balancer configuration\n\n# CPU threshold.\ncpu_max: 0.8\n"
@@ -305,6 +306,36 @@ def test_operator_supplied_token_file_is_left_alone(tmp_path: Path) -> None:
     assert (root / "priv" / "pve-balancer.token").read_text() == "root@pam!balancer=abc\n"
 
 
+def test_our_token_file_with_a_comment_line_first_is_recognised_as_ours(tmp_path: Path) -> None:
+    root = _pve_root(tmp_path)
+    assert _run(root, FakePveum(), tmp_path)[0] == 0
+    token_file = root / "priv" / "pve-balancer.token"
+    token_file.write_text("# written by pve-balancer setup\n" + token_file.read_text())
+    pveum = FakePveum()
+    pveum.users.add(provision.USER)
+    pveum.tokens[provision.USER] = {provision.TOKEN_NAME}
+    pveum.roles[provision.ROLE] = set(provision.PRIVILEGES)
+
+    rc, out, _ = _run(root, pveum, tmp_path)
+
+    assert rc == 0 and "operator's token" not in out
+    assert pveum.mutating() == [f"acl modify / --roles {provision.ROLE} --users "
+                                f"{provision.USER} --tokens {provision.TOKEN_ID}"]
+
+
+def test_a_token_file_that_holds_no_token_is_named_and_left_alone(tmp_path: Path) -> None:
+    root = _pve_root(tmp_path)
+    token_file = root / "priv" / "pve-balancer.token"
+    token_file.write_text("not a token\n")
+    pveum = FakePveum()
+
+    rc, _, err = _run(root, pveum, tmp_path)
+
+    assert rc == 1
+    assert str(token_file) in err and "fix or remove the file" in err
+    assert pveum.mutating() == [] and token_file.read_text() == "not a token\n"
+
+
 def test_concurrent_setup_on_another_node_makes_this_one_wait_then_step_back(
     tmp_path: Path,
 ) -> None:
@@ -379,13 +410,13 @@ def test_installed_configuration_is_the_example_with_every_key_commented_out() -
     assert keys and all(f"# {key}:" in text for key in keys)
 
 
-def test_write_atomically_creates_a_private_file_and_leaves_no_temporaries(
+def test_write_atomic_creates_a_private_file_and_leaves_no_temporaries(
     tmp_path: Path,
 ) -> None:
     target = tmp_path / "secret"
     old_umask = os.umask(0)
     try:
-        provision.write_atomically(target, "x=y\n")
+        write_atomic(target, "x=y\n")
     finally:
         os.umask(old_umask)
     assert target.read_text() == "x=y\n"
