@@ -37,7 +37,7 @@ from tests.integration import trixie_chroot as tc
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
-DEPENDENCIES = ("python3-proxmoxer", "python3-requests", "python3-yaml", "python3-psutil",
+DEPENDENCIES = ("python3-proxmoxer", "python3-requests", "python3-yaml",
                 "python3-systemd")
 UNIT = "/usr/lib/systemd/system/pve-balancer.service"
 MAX_EXPOSURE = 2.0  # systemd-analyze security; docs/packaging.md records the figure

@@ -54,7 +54,6 @@ BUILD_PACKAGES = (
     "python3-all",
     "python3-setuptools",
     "python3-proxmoxer",
-    "python3-psutil",
     "python3-pytest",
     "python3-pytest-timeout",
     "python3-requests",
