@@ -43,6 +43,7 @@ SCENARIOS = {
     "bitbrains-4node-120vm": REPO / "bench" / "scenarios" / "bitbrains-4node-120vm.yaml",
     "bitbrains-imbalanced": REPO / "bench" / "scenarios" / "bitbrains-imbalanced.yaml",
     "bitbrains-hotspot": REPO / "bench" / "scenarios" / "bitbrains-hotspot.yaml",
+    "bitbrains-memheavy": REPO / "bench" / "scenarios" / "bitbrains-memheavy.yaml",
 }
 
 SUSTAINED = 60.0
