@@ -13,21 +13,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Lab, make_lab
+from simlab.inprocess import AGENT_TOKEN, InProcessLab, make_lab
 
 HERE = Path(__file__).parent
 MIGRATION_TASKS = {"qmigrate", "hamigrate", "vzmigrate"}
 
 
-def agent_posts(lab: Lab) -> list[Any]:
-    return [r for r in lab.migrate_posts() if r.token_id == "pve-balancer@pve!agent"]
+def agent_posts(lab: InProcessLab) -> list[Any]:
+    return [r for r in lab.migrate_posts() if r.token_id == AGENT_TOKEN]
 
 
-def posted_vmids(lab: Lab) -> list[int]:
+def posted_vmids(lab: InProcessLab) -> list[int]:
     return [int(p.path.split("/")[4]) for p in agent_posts(lab)]
 
 
-def check_invariants(lab: Lab) -> None:
+def check_invariants(lab: InProcessLab) -> None:
     texts = [s for _, s in lab.sentences]
     assert not [s for s in texts if s.startswith("cycle failed")], "no unexpected error"
     assert all(p.status == 200 for p in agent_posts(lab)), "no refused POST"
@@ -47,43 +47,43 @@ def check_invariants(lab: Lab) -> None:
         left.setdefault(vmid, set()).add(source)
 
 
-def expect_balanced(lab: Lab) -> None:
+def expect_balanced(lab: InProcessLab) -> None:
     assert agent_posts(lab) == []
 
 
-def expect_cpu_hotspot(lab: Lab) -> None:
+def expect_cpu_hotspot(lab: InProcessLab) -> None:
     assert lab.node_of(101) == "pve1", "the hottest guest stays"
     assert len(agent_posts(lab)) == 1
     assert lab.agent.estimator.estimates().node_cpu["pve1"] < 0.8
 
 
-def expect_foreign(lab: Lab) -> None:
+def expect_foreign(lab: InProcessLab) -> None:
     # the invariants already forbid POSTs during the foreign moves and the backup
     assert any("migration running" in s or "backup" in s for _, s in lab.sentences)
 
 
-def expect_ha(lab: Lab) -> None:
+def expect_ha(lab: InProcessLab) -> None:
     assert lab.node_of(101) != lab.node_of(102), "negative affinity kept"
     assert 103 not in posted_vmids(lab), "a guest named in an affinity rule is left alone"
 
 
-def expect_local_disks(lab: Lab) -> None:
+def expect_local_disks(lab: InProcessLab) -> None:
     assert set(posted_vmids(lab)) <= {106}
     assert len(lab.requests("GET", "/migrate")) >= 1
 
 
-def expect_memory_hotspot(lab: Lab) -> None:
+def expect_memory_hotspot(lab: InProcessLab) -> None:
     assert 1 <= len(agent_posts(lab)) <= 2
     assert lab.mem_fraction("pve1") <= 0.8
 
 
-def expect_proactive(lab: Lab) -> None:
+def expect_proactive(lab: InProcessLab) -> None:
     assert 1 <= len(agent_posts(lab)) <= 2
     fractions = [lab.mem_fraction(n) for n in ("pve1", "pve2", "pve3")]
     assert fractions[0] <= 1.2 * sum(fractions) / 3 + 1e-9
 
 
-EXPECTED: dict[str, Callable[[Lab], None]] = {
+EXPECTED: dict[str, Callable[[InProcessLab], None]] = {
     "balanced-3node": expect_balanced,
     "cpu-hotspot": expect_cpu_hotspot,
     "foreign-migration": expect_foreign,
