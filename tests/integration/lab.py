@@ -41,10 +41,10 @@ from pvesim.control import ControlClient
 from pvesim.pmxcfs import cleanup_mounts, fuse_available
 from pvesim.pmxcfs.ctl import send as pmxcfs_send
 from pvesim.pmxcfs.mounts import mounted_fuse_paths
+from tests.scenarios import scenario_path
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = REPO / "tests" / "scenarios"
-LAB_SCENARIO = SCENARIOS / "lab-three-agents.yaml"
+LAB_SCENARIO = scenario_path("lab-three-agents")
 LOCK_NAME = "pve-balancer"
 
 T = TypeVar("T")

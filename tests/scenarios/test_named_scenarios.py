@@ -1,21 +1,35 @@
-"""The agent against the simulator's library of named scenarios
-(tests/scenarios/*.yaml), each for its whole duration.
+"""The agent against the library of named scenarios
+(tests/scenarios/<name>/scenario.yaml), each for its whole duration.
 
-Every run must keep the invariants an operator relies on; each scenario
-also has its own expected outcome (what its description promises).
+Three things are judged, each its own test so that a failure names what
+broke:
+- the journal: the run reproduces the scenario's `journal.expect` exactly;
+  on a mismatch the test shows the unified diff. After an intended change of
+  behaviour, rewrite the expected journals and review the diff:
+
+      .venv/bin/python -m tests.scenarios.golden --update [NAME ...]
+
+  (`tests.scenarios.golden` describes the run and the journal's format);
+- the invariants an operator relies on (no error, no refused POST, one
+  migration at a time and none during another one or a backup, no
+  ping-pong), read from the simulator;
+- the outcome the scenario's description promises, read from the
+  simulator's state and request log, not from what the agent says.
+
+Each scenario runs once per test session; the three tests read that run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from simlab.inprocess import AGENT_TOKEN, InProcessLab, make_lab
+from simlab.inprocess import AGENT_TOKEN, InProcessLab
+from tests.scenarios import LIBRARY, journal_path, names
+from tests.scenarios.golden import journal, mismatch, run
 
-HERE = Path(__file__).parent
 MIGRATION_TASKS = {"qmigrate", "hamigrate", "vzmigrate"}
 
 
@@ -58,13 +72,27 @@ def expect_cpu_hotspot(lab: InProcessLab) -> None:
 
 
 def expect_foreign(lab: InProcessLab) -> None:
-    # the invariants already forbid POSTs during the foreign moves and the backup
-    assert any("migration running" in s or "backup" in s for _, s in lab.sentences)
+    # The others' moves and the backup really ran, and the agent moved
+    # nothing; the invariants forbid a POST while one of them ran.
+    tasks = {(t.type, t.id, t.user) for t in lab.sim.tasks}
+    assert ("qmigrate", "102", "root@pam") in tasks
+    assert any(kind == "hamigrate" and vmid == "201" for kind, vmid, _ in tasks)
+    assert any(kind == "vzdump" for kind, _, _ in tasks)
+    assert lab.node_of(102) == "pve2" and lab.node_of(201) == "pve3"
+    assert agent_posts(lab) == []
 
 
 def expect_ha(lab: InProcessLab) -> None:
     assert lab.node_of(101) != lab.node_of(102), "negative affinity kept"
     assert 103 not in posted_vmids(lab), "a guest named in an affinity rule is left alone"
+
+
+def expect_lab_three_agents(lab: InProcessLab) -> None:
+    # what tests/integration/test_multi_agent.py relies on: one move of a
+    # 6 GiB guest relieves pve1, the growing database stays
+    assert len(agent_posts(lab)) == 1
+    assert lab.node_of(107) == "pve1"
+    assert lab.mem_fraction("pve1") <= 0.8
 
 
 def expect_local_disks(lab: InProcessLab) -> None:
@@ -83,29 +111,37 @@ def expect_proactive(lab: InProcessLab) -> None:
     assert fractions[0] <= 1.2 * sum(fractions) / 3 + 1e-9
 
 
-EXPECTED: dict[str, Callable[[InProcessLab], None]] = {
+OUTCOME: dict[str, Callable[[InProcessLab], None]] = {
     "balanced-3node": expect_balanced,
     "cpu-hotspot": expect_cpu_hotspot,
     "foreign-migration": expect_foreign,
     "ha-guest": expect_ha,
+    "lab-three-agents": expect_lab_three_agents,
     "local-disk-guest": expect_local_disks,
     "memory-hotspot": expect_memory_hotspot,
     "proactive-imbalance": expect_proactive,
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_named_scenario(name: str) -> None:
-    from pvesim.scenario import load_scenario
-
-    path = HERE / f"{name}.yaml"
-    duration = load_scenario(path).duration
-    lab = make_lab(path, warmup=0)
-    lab.run(duration)
-    check_invariants(lab)
-    EXPECTED[name](lab)
+@pytest.mark.parametrize("name", names())
+def test_journal_is_the_golden_one(name: str) -> None:
+    problem = mismatch(name, journal(run(name)))
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
 
 
-def test_every_named_scenario_has_an_expectation() -> None:
-    names = {p.stem for p in HERE.glob("*.yaml")} - {"lab-three-agents"}
-    assert names <= set(EXPECTED), names - set(EXPECTED)
+@pytest.mark.parametrize("name", names())
+def test_invariants_hold(name: str) -> None:
+    check_invariants(run(name))
+
+
+@pytest.mark.parametrize("name", sorted(OUTCOME))
+def test_outcome_is_the_promised_one(name: str) -> None:
+    OUTCOME[name](run(name))
+
+
+def test_every_named_scenario_has_a_journal_and_an_outcome() -> None:
+    assert names() == sorted(OUTCOME)
+    assert [n for n in names() if not journal_path(n).is_file()] == []
+    assert sorted(p.name for p in LIBRARY.glob("*.yaml")) == [], \
+        "a named scenario is a directory: <name>/scenario.yaml"
