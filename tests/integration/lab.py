@@ -41,10 +41,10 @@ from pvesim.control import ControlClient
 from pvesim.pmxcfs import cleanup_mounts, fuse_available
 from pvesim.pmxcfs.ctl import send as pmxcfs_send
 from pvesim.pmxcfs.mounts import mounted_fuse_paths
+from tests.scenarios import scenario_path
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = REPO / "tests" / "scenarios"
-LAB_SCENARIO = SCENARIOS / "lab-three-agents.yaml"
+LAB_SCENARIO = scenario_path("lab-three-agents")
 LOCK_NAME = "pve-balancer"
 
 T = TypeVar("T")
@@ -243,8 +243,9 @@ def agent_env() -> dict[str, str]:
 # --------------------------------------------------------------- the cluster
 
 @dataclass
-class Lab:
-    """A running `pvesim serve --pmxcfs` and its agents."""
+class ProcessLab:
+    """A running `pvesim serve --pmxcfs` and its agents, each a real process
+    (the in-process counterpart is `simlab.inprocess.InProcessLab`)."""
 
     proc: subprocess.Popen[bytes]
     conn: dict[str, Any]
@@ -255,7 +256,7 @@ class Lab:
 
     @classmethod
     def start(cls, workdir: Path, scenario: Path, timing: Timing, speed: float = 1.0,
-              extra: Iterable[str] = (), wait: float = 90.0) -> Lab:
+              extra: Iterable[str] = (), wait: float = 90.0) -> ProcessLab:
         require_fuse()
         workdir.mkdir(parents=True, exist_ok=True)
         # A short state dir: the emulator's control socket lives next to it.

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.lab import FAST, REAL, Agent, Lab, Timing, wait_for, write_scenario
+from tests.integration.lab import FAST, REAL, Agent, ProcessLab, Timing, wait_for, write_scenario
 
 pytestmark = pytest.mark.fuse
 
@@ -47,9 +47,9 @@ MEASURED: dict[str, float] = {}
 
 
 @pytest.fixture
-def labs(tmp_path: Path) -> Iterator[list[Lab]]:
+def labs(tmp_path: Path) -> Iterator[list[ProcessLab]]:
     """Labs started by a test; stopped (agents, simulator, mounts) at teardown."""
-    started: list[Lab] = []
+    started: list[ProcessLab] = []
     yield started
     for lab in started:
         lab.stop()
@@ -57,15 +57,15 @@ def labs(tmp_path: Path) -> Iterator[list[Lab]]:
         print("measured (s):", {k: round(v, 2) for k, v in MEASURED.items()})
 
 
-def _start(labs: list[Lab], tmp_path: Path, timing: Timing = FAST, speed: float = 1.0,
-           balancer_config: dict[str, Any] | None = None) -> Lab:
+def _start(labs: list[ProcessLab], tmp_path: Path, timing: Timing = FAST, speed: float = 1.0,
+           balancer_config: dict[str, Any] | None = None) -> ProcessLab:
     scenario = write_scenario(tmp_path, balancer_config=balancer_config)
-    lab = Lab.start(tmp_path / "lab", scenario, timing, speed=speed)
+    lab = ProcessLab.start(tmp_path / "lab", scenario, timing, speed=speed)
     labs.append(lab)
     return lab
 
 
-def _leader_then_standbys(lab: Lab, first: str,
+def _leader_then_standbys(lab: ProcessLab, first: str,
                           timing: Timing | None = None) -> tuple[Agent, list[Agent]]:
     """Start `first` alone and let it lead, then the other two; wait until
     both say they stand by."""
@@ -79,7 +79,7 @@ def _leader_then_standbys(lab: Lab, first: str,
     return leader, others
 
 
-def _last_renew(lab: Lab, node: str) -> float:
+def _last_renew(lab: ProcessLab, node: str) -> float:
     """Wall time of the lock's last create/renew, from the emulator, once
     `node`'s writes have stopped (killed or cut off)."""
     time.sleep(0.3)  # a syscall in flight at the kill is done by now
@@ -93,7 +93,7 @@ def _last_renew(lab: Lab, node: str) -> float:
 
 # ---------------------------------------------------------------- steady run
 
-def _steady_run(labs: list[Lab], tmp_path: Path, speed: float, sim_seconds: float) -> None:
+def _steady_run(labs: list[ProcessLab], tmp_path: Path, speed: float, sim_seconds: float) -> None:
     lab = _start(labs, tmp_path, speed=speed)
     agents = [lab.start_agent(n) for n in lab.nodes]  # all at once: they race for the lock
     leader = lab.wait_leader(30)
@@ -134,21 +134,22 @@ def _steady_run(labs: list[Lab], tmp_path: Path, speed: float, sim_seconds: floa
     assert any("migrated vm" in x.text for x in leader.snapshot()), report
 
 
-def test_three_agents_one_leader_relieves_the_hotspot(labs: list[Lab], tmp_path: Path) -> None:
+def test_three_agents_one_leader_relieves_the_hotspot(labs: list[ProcessLab],
+                                                      tmp_path: Path) -> None:
     """Four simulated minutes at 6x: one leader, every request and every
     migration from it, the t=120 s hotspot relieved."""
     _steady_run(labs, tmp_path, speed=6.0, sim_seconds=240.0)
 
 
 @pytest.mark.slow
-def test_three_agents_ten_minutes_one_leader(labs: list[Lab], tmp_path: Path) -> None:
+def test_three_agents_ten_minutes_one_leader(labs: list[ProcessLab], tmp_path: Path) -> None:
     """The same over ten simulated minutes at 2x (five minutes of wall time)."""
     _steady_run(labs, tmp_path, speed=2.0, sim_seconds=600.0)
 
 
 # ------------------------------------------------------------------ failover
 
-def test_sigterm_to_the_leader_a_standby_leads_within_10_s(labs: list[Lab],
+def test_sigterm_to_the_leader_a_standby_leads_within_10_s(labs: list[ProcessLab],
                                                           tmp_path: Path) -> None:
     lab = _start(labs, tmp_path)
     leader, standbys = _leader_then_standbys(lab, "pve1")
@@ -167,17 +168,18 @@ def test_sigterm_to_the_leader_a_standby_leads_within_10_s(labs: list[Lab],
     assert len([a for a in standbys if a.leading()]) == 1, report
 
 
-def test_sigkill_to_the_leader_takeover_after_lifetime_plus_one_retry(labs: list[Lab],
+def test_sigkill_to_the_leader_takeover_after_lifetime_plus_one_retry(labs: list[ProcessLab],
                                                                      tmp_path: Path) -> None:
     _crash_takeover(labs, tmp_path, FAST)
 
 
 @pytest.mark.slow
-def test_sigkill_real_120_s_lifetime_production_timing(labs: list[Lab], tmp_path: Path) -> None:
+def test_sigkill_real_120_s_lifetime_production_timing(labs: list[ProcessLab],
+                                                       tmp_path: Path) -> None:
     _crash_takeover(labs, tmp_path, REAL, interval=5.0)
 
 
-def _crash_takeover(labs: list[Lab], tmp_path: Path, timing: Timing,
+def _crash_takeover(labs: list[ProcessLab], tmp_path: Path, timing: Timing,
                     interval: float = INTERVAL) -> None:
     lab = _start(labs, tmp_path, timing, balancer_config={"interval": interval})
     leader, standbys = _leader_then_standbys(lab, "pve1")
@@ -203,7 +205,8 @@ def _crash_takeover(labs: list[Lab], tmp_path: Path, timing: Timing,
                                                        if a.leading()), lock
 
 
-def test_leader_restarted_on_its_node_resumes_at_once(labs: list[Lab], tmp_path: Path) -> None:
+def test_leader_restarted_on_its_node_resumes_at_once(labs: list[ProcessLab],
+                                                      tmp_path: Path) -> None:
     # A lifetime long enough that "before expiry" does not hinge on how fast
     # a Python process starts on a loaded machine.
     timing = Timing(lifetime=30, renew=2.0, safety=10.0, retry=2.0)
@@ -225,7 +228,7 @@ def test_leader_restarted_on_its_node_resumes_at_once(labs: list[Lab], tmp_path:
 
 # -------------------------------------------------------------- quorum loss
 
-def test_leader_losing_quorum_stops_and_a_quorate_node_takes_over(labs: list[Lab],
+def test_leader_losing_quorum_stops_and_a_quorate_node_takes_over(labs: list[ProcessLab],
                                                                   tmp_path: Path) -> None:
     """pve3 leads and is cut off (`--isolated-api local`: its agent still
     reaches its own API, its pmxcfs mount loses quorum). It stops within one
