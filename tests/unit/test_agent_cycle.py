@@ -26,7 +26,9 @@ from pve_balancer.pve import PveClient
 from pvesim.clock import VirtualClock
 from pvesim.cluster import RequestRecord
 from pvesim.faults import Fault
-from tests.conftest import AGENT_TOKEN, Lab, guest_spec, make_lab, nodes_spec
+from simlab.inprocess import AGENT_TOKEN, make_lab
+from simlab.inprocess import InProcessLab as Lab
+from tests.conftest import guest_spec, nodes_spec
 
 # -- situations -----------------------------------------------------------
 
