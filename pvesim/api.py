@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pvesim.protocol import ApiRequest, ApiResponse
+from pvesim.protocol import ApiRequest, ApiResponse, RequestRecord, SimError
 from pvesim.state import Token
 
 if TYPE_CHECKING:
@@ -245,8 +245,6 @@ def _response(status: int, body: dict[str, Any], reason: str) -> ApiResponse:
 
 def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
     """Answer one request (the caller holds `sim.lock`)."""
-    from pvesim.cluster import RequestRecord, SimError  # noqa: PLC0415 — import cycle
-
     method = req.method.upper()
     path = req.path
     if path.startswith("/api2/json"):

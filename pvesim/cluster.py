@@ -23,7 +23,7 @@ from typing import Any
 
 from pvesim.demand import ConstantDemand, Demand, StepDemand, TraceDemand
 from pvesim.metrics import Metrics, MigrationRecord
-from pvesim.protocol import ApiRequest, ApiResponse
+from pvesim.protocol import ApiRequest, ApiResponse, RequestRecord, SimError
 from pvesim.scenario import (
     GuestSpec,
     Scenario,
@@ -55,29 +55,6 @@ DEFAULT_TOKENS: dict[str, set[str]] = {
     "root@pam!admin": set(ALL_PRIVILEGES),
     "auditor@pve!audit": {"Sys.Audit", "VM.Audit"},
 }
-
-
-class SimError(Exception):
-    """An operation PVE would refuse; `status` and message become the API
-    answer (500 unless said otherwise)."""
-
-    def __init__(
-        self, message: str, status: int = 500, errors: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
-
-
-@dataclass
-class RequestRecord:
-    time: float
-    served_by: str
-    token_id: str | None
-    method: str
-    path: str
-    status: int
 
 
 @dataclass
