@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvesim.api import dispatch
 from pvesim.demand import ConstantDemand, Demand, StepDemand, TraceDemand
 from pvesim.metrics import Metrics, MigrationRecord
 from pvesim.protocol import ApiRequest, ApiResponse, RequestRecord, SimError
@@ -336,8 +337,6 @@ class Simulator:
     # ------------------------------------------------------------------ API
     def handle(self, req: ApiRequest) -> ApiResponse:
         """The PVE API (see pvesim.api)."""
-        from pvesim.api import dispatch  # noqa: PLC0415 — api imports this module
-
         with self.lock:
             return dispatch(self, req)
 
