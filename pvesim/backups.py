@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pvesim.protocol import SimError
-from pvesim.scenario import next_run
+from pvesim.schedule import next_run
 from pvesim.state import BackupJob, Task
 from pvesim.tasks import ROOT, Tasks
 from pvesim.world import World

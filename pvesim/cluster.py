@@ -35,7 +35,8 @@ from pvesim.outages import Outages
 from pvesim.physics import Physics
 from pvesim.protocol import ApiRequest, ApiResponse, RequestRecord, SimError
 from pvesim.requestlog import RequestLog
-from pvesim.scenario import Scenario, SimParams, load_scenario
+from pvesim.scenario import Scenario, load_scenario
+from pvesim.specs import SimParams
 from pvesim.state import (
     ALL_PRIVILEGES,
     BackupJob,

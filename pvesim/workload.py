@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 
 from pvesim.demand import ConstantDemand, Demand, StepDemand, TraceDemand
-from pvesim.scenario import GuestSpec, Scenario, ScenarioError
+from pvesim.scenario import Scenario
+from pvesim.specs import GuestSpec, ScenarioError
 from pvesim.state import Guest, Node
 from pvesim.traces import Trace, available_vms, load_traces
 from pvesim.world import World

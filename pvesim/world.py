@@ -15,7 +15,8 @@ import threading
 from typing import Any
 
 from pvesim.metrics import Metrics
-from pvesim.scenario import Scenario, SimParams
+from pvesim.scenario import Scenario
+from pvesim.specs import SimParams
 from pvesim.state import Guest, Node
 
 

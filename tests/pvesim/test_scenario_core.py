@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pvesim.scenario import Scenario, ScenarioError, load_scenario, next_run
+from pvesim.scenario import Scenario, ScenarioError, load_scenario
+from pvesim.schedule import next_run
 from tests.pvesim.simhelp import SCENARIOS, named
 
 BASE = {"nodes": [{"name": "pve1"}, {"name": "pve2"}], "guests": [{"vmid": 100, "node": "pve1"}]}
