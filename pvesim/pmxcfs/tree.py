@@ -6,7 +6,9 @@ mkdir, renew and unlock request with utime, release with rmdir), the lock
 lifetime counted on the emulator's own clock from the create or last renew,
 per-node quorum that turns every write into EACCES, and the per-node virtual
 `.members` file. `fuseops.NodeMount` only translates FUSE calls into calls
-on `ClusterTree` with the node the mount belongs to.
+on `ClusterTree` with the node the mount belongs to. That is also why the
+module runs a little over the ~500 lines kept elsewhere: split, one errno
+decision would be spread over several files.
 
 Paths are relative to the mount root and use "/" ("priv/lock/pve-balancer";
 "" is the root). Every public method takes `self.lock`, so the mounts' FUSE

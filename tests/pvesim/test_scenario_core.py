@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pvesim.scenario import Scenario, ScenarioError, load_scenario, next_run
+from pvesim.scenario import Scenario, ScenarioError, load_scenario
+from pvesim.schedule import next_run
 from tests.pvesim.simhelp import named
 from tests.scenarios import names, scenario_path
 

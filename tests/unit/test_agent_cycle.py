@@ -24,8 +24,8 @@ from pve_balancer.env import PveEnvironment
 from pve_balancer.leadership import AlwaysLeader, Election
 from pve_balancer.pve import PveClient
 from pvesim.clock import VirtualClock
-from pvesim.cluster import RequestRecord
 from pvesim.faults import Fault
+from pvesim.protocol import RequestRecord
 from simlab.inprocess import AGENT_TOKEN, make_lab
 from simlab.inprocess import InProcessLab as Lab
 from tests.conftest import guest_spec, nodes_spec
