@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.exit_with_parent and os.getppid() != parent:
                 logging.info("parent went away; stopping")
                 break
-            dead = [n for n, t in server.threads.items() if not t.is_alive()]
+            dead = [n for n, t in server.threads.items()
+                    if not t.is_alive() and n not in server.down]
             if dead:
                 logging.error("mount(s) of %s ended unexpectedly; stopping", ", ".join(dead))
                 break

@@ -177,6 +177,15 @@ class PmxcfsEmulator:
         """`node`'s pmxcfs restarted; True if that restarted the lifetimes."""
         return bool(self.request("restart_node", node=node)["restarted"])
 
+    def unmount_node(self, node: str) -> None:
+        """`node`'s pmxcfs stops: its mount point becomes an empty directory."""
+        self.request("unmount_node", node=node)
+
+    def mount_node(self, node: str) -> bool:
+        """`node`'s pmxcfs starts again; True if that restarted the lifetimes
+        (see `restart_node`)."""
+        return bool(self.request("mount_node", node=node)["restarted"])
+
     def advance(self, seconds: float) -> float:
         """Move the manual clock; returns the emulator's new wall time."""
         return float(self.request("advance", seconds=seconds)["wall"])

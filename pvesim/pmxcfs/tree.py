@@ -166,7 +166,7 @@ class ClusterTree:
         if not self.quorate[node]:
             raise _oserror(errno.EACCES, path)
 
-    def _check_node(self, node: str) -> None:
+    def check_node(self, node: str) -> None:
         if node not in self.quorate:
             raise ValueError(f"unknown node {node!r} (nodes: {', '.join(self.nodes)})")
 
@@ -185,7 +185,7 @@ class ClusterTree:
         A quorate node sees the quorate nodes online; a node without quorum
         sees only itself, as a node cut off from corosync does.
         """
-        self._check_node(node)
+        self.check_node(node)
         quorate = self.quorate[node]
         nodelist = {}
         for name in self.nodes:
@@ -473,7 +473,7 @@ class ClusterTree:
     # --------------------------------------------------------------- controls
     def set_quorate(self, node: str, quorate: bool) -> None:
         with self.lock:
-            self._check_node(node)
+            self.check_node(node)
             if self.quorate[node] != bool(quorate):
                 self.quorate[node] = bool(quorate)
                 self.members_version += 1
@@ -491,7 +491,7 @@ class ClusterTree:
         the lowest-id quorate node (the one counting them). Returns whether
         the clock restarted."""
         with self.lock:
-            self._check_node(node)
+            self.check_node(node)
             counting = [n for n in self.nodes if self.quorate[n]]
             if counting and counting[0] == node:
                 self.restart_clock()

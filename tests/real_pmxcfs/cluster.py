@@ -338,9 +338,14 @@ ip link set lo up
     def pve_root(self, name: str) -> Path:
         return self.nodes[name].pve_root
 
-    def command(self, name: str, cmd: Sequence[str], net: bool = False) -> list[str]:
-        """`cmd` prefixed to run on node `name` (see the module docstring)."""
-        return [*self.nodes[name].nsenter(net=net, ipc=net), *cmd]
+    def command(self, name: str, cmd: Sequence[str], net: bool = False,
+                cwd: Path | None = None) -> list[str]:
+        """`cmd` prefixed to run on node `name` (see the module docstring);
+        entering a mount namespace moves to its `/` unless `cwd` is given."""
+        prefix = self.nodes[name].nsenter(net=net, ipc=net)
+        if cwd is not None:
+            prefix.insert(-1, f"--wd={cwd}")
+        return [*prefix, *cmd]
 
     @staticmethod
     def _members(node: Node) -> dict[str, Any] | None:
