@@ -27,6 +27,7 @@ import contextlib
 import errno
 import json
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,11 @@ LOCK_NAME = "pve-balancer"
 # Ticks are scheduled at the interval; a tick that arrives a hair early
 # (timer jitter) must not skip a whole interval.
 _EARLY_SLACK = 0.1
+# On a cluster of 3+ nodes pmxcfs may delete an expired lock a few ms after
+# the unlock request returns, so the mkdir right after it can still see
+# EEXIST: retry after these pauses (75 ms in all) before waiting a whole
+# retry interval.
+_TAKEOVER_PAUSES = (0.005, 0.01, 0.02, 0.04)
 
 
 class _Now(Protocol):
@@ -171,6 +177,12 @@ class PmxcfsElection:
     # ------------------------------------------------------------- internals
     def _tick(self, now: float) -> str | None:
         self._last_now = now
+        unreadable = self._unreadable()
+        if unreadable:  # pmxcfs is not mounted: nothing can be known or done
+            text = f"cannot read {self.lock_path.parent} ({unreadable}); is pmxcfs running?"
+            if self._leading:
+                return self._step_down("unreadable", text)
+            return self._say("unreadable", f"standby: {text}")
         quorate = self._quorate()
         if self._leading:
             assert self._last_renew is not None
@@ -208,14 +220,17 @@ class PmxcfsElection:
         # Its errno means nothing: EACCES when refused and when it worked.
         with contextlib.suppress(OSError):
             os.utime(self.lock_path, (0, 0))
-        try:
-            os.mkdir(self.lock_path)
-            return self._become_leader(now, "became leader (lock acquired after it expired)")
-        except FileExistsError:
-            return self._say("held", "standby: lock held by another node")
-        except OSError as exc:
-            return self._say(f"mkdir-{exc.errno}",
-                             f"standby: cannot take the lock: mkdir failed ({_errname(exc)})")
+        for pause in (0.0, *_TAKEOVER_PAUSES):
+            time.sleep(pause)
+            try:
+                os.mkdir(self.lock_path)
+                return self._become_leader(now, "became leader (lock acquired after it expired)")
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                return self._say(f"mkdir-{exc.errno}",
+                                 f"standby: cannot take the lock: mkdir failed ({_errname(exc)})")
+        return self._say("held", "standby: lock held by another node")
 
     def _renew(self, now: float) -> str | None:
         """Renew with the current whole second; the error name on failure."""
@@ -250,6 +265,15 @@ class PmxcfsElection:
             return None
         self._state = state
         return sentence
+
+    def _unreadable(self) -> str | None:
+        """The errno name when the lock directory cannot be looked up (pmxcfs
+        stopped: an empty mount point; crashed: ENOTCONN), else None."""
+        try:
+            os.stat(self.lock_path.parent)
+        except OSError as exc:
+            return _errname(exc)
+        return None
 
     def _quorate(self) -> bool | None:
         """cluster.quorate from `.members`; None when it cannot be read (the
