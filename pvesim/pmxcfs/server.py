@@ -53,9 +53,11 @@ class MountThread(threading.Thread):
             "foreground": True,
             "fsname": f"{FSNAME_PREFIX}:{self.node}",
             "subtype": "pmxcfs",
-            # No kernel caching of names or attributes: another node's
-            # mount may change any entry at any moment, as in a cluster.
-            "entry_timeout": 0, "attr_timeout": 0, "negative_timeout": 0,
+            # Another node's mount may change any entry at any moment: no
+            # kernel caching of names or attributes, unless the realism asks
+            # for pmxcfs's (libfuse's default 1 s; never for absent names).
+            "entry_timeout": self.tree.realism.attr_cache,
+            "attr_timeout": self.tree.realism.attr_cache, "negative_timeout": 0,
             "default_permissions": True,
         }
         if self.allow_other:
