@@ -585,61 +585,137 @@ def load_config(path: Path) -> LoadResult:
     return parse_config(text, source)
 
 
+_UNREAD = "unread"
+_FIXED = "fixed"
+_MISSING = "missing"
+
+
 class ConfigSource:
     """The configuration file, re-read when its stat signature changes.
 
     `config` is the configuration in force: the last one that loaded
     without fatal problems, or None if none ever did (the agent is then
-    passive). Each problem is logged once per change of the file.
+    passive). Only a file that was read and found good changes it:
+
+    - no file at the first read: the defaults (a fresh cluster needs no
+      file), said in a WARNING;
+    - the file is gone or cannot be read later: the configuration in force
+      stays (one WARNING; one INFO when a good file is back), so deleting a
+      file that said `dry_run: true` never starts a migration;
+    - the file is rejected: the configuration in force stays (an ERROR per
+      problem, once per change of the file).
+
+    `refresh` never raises: a failure of the loader itself counts as a
+    rejected file.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.config: Config | None = None
-        self._signature: tuple[int, int, int] | None | str = "unread"
+        self._signature: tuple[int, int, int] | str = _UNREAD
+        self._trouble = ""
+        """Why the file in force is not the file on disk: "" (it is),
+        "absent" (there was none at the start: the defaults), "missing"
+        (gone since), "unreadable" or "rejected"."""
 
     @classmethod
     def fixed(cls, config: Config) -> ConfigSource:
         """A source that never reads a file (tests, `plan --config` checks)."""
         src = cls(Path(os.devnull))
         src.config = config
-        src._signature = "fixed"
+        src._signature = _FIXED
         return src
 
-    def _stat(self) -> tuple[int, int, int] | None:
+    def _stat(self) -> tuple[int, int, int] | str:
         try:
             st = self.path.stat()
-        except OSError:
-            return None
+        except FileNotFoundError:
+            return _MISSING
+        except OSError as exc:
+            return f"error {exc.errno}"
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def refresh(self, force: bool = False) -> bool:
-        """Re-read if the file changed (or `force`). Returns True when the
-        configuration in force changed."""
-        if self._signature == "fixed":
+        """Re-read if the file changed (or `force`: SIGHUP). Returns True
+        when the configuration in force changed. Never raises."""
+        if self._signature == _FIXED:
             return False
         signature = self._stat()
         if not force and signature == self._signature:
             return False
+        first = self._signature == _UNREAD
         self._signature = signature
-        result = load_config(self.path)
+        try:
+            result = load_config(self.path)
+        except Exception as exc:  # load_config never raises; if it ever does, stay up
+            log.error("loading %s failed", self.path, exc_info=True)
+            result = LoadResult(None, (ConfigProblem(
+                str(self.path), None, None,
+                _clip(f"could not be loaded ({type(exc).__name__}: {exc})", _LONGEST_MESSAGE),
+                True),))
+        return self._apply(result, first, force)
+
+    def _kept(self) -> str:
+        if self.config is None:
+            return "staying passive until a valid file exists"
+        return f"keeping the last good configuration until it is back: " \
+               f"{_config_summary(self.config)}"
+
+    def _apply(self, result: LoadResult, first: bool, force: bool) -> bool:
+        path = self.path
+        if result.missing:
+            if first or self._trouble == "absent":
+                if first or force:
+                    log.warning("no configuration file %s; using the defaults: %s "
+                                "(`pve-balancer setup` installs a commented one)",
+                                path, _config_summary(Config()))
+                self.config, self._trouble = result.config, "absent"
+                return first
+            if self._trouble != "missing" or force:
+                log.warning("configuration %s is gone; %s (an empty file means the defaults)",
+                            path, self._kept())
+            self._trouble = "missing"
+            return False
+        if result.unreadable:
+            if self._trouble != "unreadable" or force:
+                reason = result.problems[0].message.removeprefix("cannot read: ") \
+                    if result.problems else "unknown reason"
+                if self.config is None:
+                    log.error("cannot read configuration %s (%s); staying passive until it "
+                              "can be read", path, reason)
+                else:
+                    log.warning("cannot read configuration %s (%s); keeping the last good "
+                                "configuration: %s", path, reason,
+                                _config_summary(self.config))
+            self._trouble = "unreadable"
+            return False
         for problem in result.problems:
             (log.error if problem.fatal else log.warning)("%s", problem)
         if result.config is None:
             if self.config is None:
                 log.error("configuration %s rejected; staying passive until it is fixed",
-                          self.path)
+                          path)
             else:
                 log.error("configuration %s rejected; keeping the previous configuration",
-                          self.path)
+                          path)
+            self._trouble = "rejected"
             return False
-        if result.config == self.config:
-            return False
-        first = self.config is None
-        self.config = result.config
-        log.info("configuration %s %s: %s", self.path, "loaded" if first else "reloaded",
-                 _config_summary(result.config))
-        return True
+        previous, trouble = self.config, self._trouble
+        self.config, self._trouble = result.config, ""
+        changed = result.config != previous
+        summary = _config_summary(result.config)
+        if previous is None or trouble == "absent":
+            log.info("configuration %s loaded: %s", path, summary)
+        elif trouble in ("missing", "unreadable"):
+            log.info("configuration %s is back%s: %s", path, "" if changed else ", unchanged",
+                     summary)
+        elif changed:
+            log.info("configuration %s reloaded: %s", path, summary)
+        elif trouble == "rejected":
+            log.info("configuration %s accepted again, unchanged: %s", path, summary)
+        elif force:
+            log.info("configuration %s unchanged: %s", path, summary)
+        return changed
 
 
 def _config_summary(config: Config) -> str:
