@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from pve_balancer.config import Config, ConfigSource
-from tests.conftest import Lab, guest_spec, make_lab, nodes_spec
+from simlab.inprocess import InProcessLab as Lab
+from simlab.inprocess import make_lab
+from tests.conftest import guest_spec, nodes_spec
 
 LOGGER = "pve_balancer.config"
 
