@@ -33,7 +33,7 @@ from .ema import CpuEstimator
 from .env import Environment
 from .executor import InFlight
 from .model import Decision, Estimates, Migration, Preconditions, Snapshot, Task
-from .policy import PROACTIVE_REST, PolicyState, decide, gave_up
+from .policy import PROACTIVE_REST, PolicyState, decide, gave_up, track_memory_pressure
 from .pve import PveError
 from .status import DecisionRecord, NodeRecord
 
@@ -106,6 +106,7 @@ class Agent:
         self._rng = random.Random()
         self._guest_since: dict[int, float] = {}
         self._guest_seeded: set[int] = set()
+        self.pressure_since: dict[str, float] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -135,7 +136,8 @@ class Agent:
                             if v not in self._guest_seeded and now - since < GUEST_WARMUP)
         return PolicyState(cooldown_until=dict(cooldown), unmovable=unmovable,
                            last_moved=dict(self.last_moved), settle_until=self.settle_until,
-                           settle_after=self.settle_after, warming=warming)
+                           settle_after=self.settle_after, warming=warming,
+                           pressure_since=dict(self.pressure_since))
 
     # ------------------------------------------------------------ the cycle
 
@@ -180,6 +182,7 @@ class Agent:
         self.settle_until = 0.0
         self._guest_since = {}
         self._guest_seeded = set()
+        self.pressure_since = {}
         self.env.begin_term(now)
 
     def _end_term(self) -> None:
@@ -204,6 +207,7 @@ class Agent:
 
     def _lead(self, now: float, config: Config) -> CycleResult:
         snapshot, tasks = self._sample(now)
+        self.pressure_since = track_memory_pressure(self.pressure_since, snapshot, config)
         self._publish_nodes(snapshot, config)
         if self.inflight is not None:
             return self._follow(snapshot, tasks, config, now)
