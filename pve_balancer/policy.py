@@ -40,6 +40,12 @@ starved of CPU (PVE reports delivered CPU, which cannot exceed the host), so
 any move that fits elsewhere cuts that starvation by the moved share. Below
 it, a move that cannot bring the node back under `cpu_max` buys nothing."""
 
+RETURN_BLOCK = 4 * 3600.0
+"""Seconds during which a guest the balancer moved is never moved back to
+the node it left, in any mode: a return undoes the first migration and both
+were bought for nothing. Loads drift back and forth over a day; four hours
+covers the swings the benchmark days show (docs/benchmarks.md)."""
+
 PROACTIVE_HYSTERESIS = 0.02
 """A node armed for proactive spread stays armed until its memory fraction is
 this far below both bars that armed it (the proactive threshold and the risk
@@ -65,7 +71,9 @@ class PolicyState:
     a minute of samples: a CPU move off a node with such guests would rest on
     guesses about which VM is busiest, so it waits. `pressure_since` is, per
     node, since when its memory has been at risk (`track_memory_pressure`):
-    proactive spread waits until that has lasted `proactive_hold`."""
+    proactive spread waits until that has lasted `proactive_hold`.
+    `came_from[vmid]` is the node a guest left by the balancer's last move
+    of it and when (`RETURN_BLOCK`)."""
 
     cooldown_until: Mapping[int, float] = field(default_factory=dict)
     unmovable: frozenset[int] = frozenset()
@@ -74,6 +82,7 @@ class PolicyState:
     settle_after: str = ""
     warming: frozenset[int] = frozenset()
     pressure_since: Mapping[str, float] = field(default_factory=dict)
+    came_from: Mapping[int, tuple[str, float]] = field(default_factory=dict)
 
 
 # --- sanitised numbers -------------------------------------------------------
@@ -331,9 +340,14 @@ def _anti_affine(view: _View, guest: Guest, target: _Load) -> str | None:
 
 
 def _evaluate(
-    view: _View, mode: Mode, guest: Guest, source: _Load, target: _Load
+    view: _View, mode: Mode, guest: Guest, source: _Load, target: _Load, state: PolicyState
 ) -> Migration | _Rejection:
     """All favourable-outcome checks for moving `guest` from `source` to `target`."""
+    origin = state.came_from.get(guest.vmid)
+    if origin is not None and origin[0] == target.name and \
+            not view.snapshot.time - origin[1] >= RETURN_BLOCK:
+        return _Rejection(f"vm {guest.vmid} would return to {target.name}, which it left "
+                          f"{max(0.0, view.snapshot.time - origin[1]) / 60:.0f} min ago")
     clash = _anti_affine(view, guest, target)
     if clash is not None:
         return _Rejection(clash)
@@ -357,11 +371,16 @@ def _evaluate(
             f"{_f(target_after.mem_fraction)} > memory_threshold {_f(view.memory_threshold)}"
         )
     if mode is Mode.CPU:
-        midpoint = (source.cpu + target.cpu) / 2.0
-        if target_after.cpu > midpoint:
+        # Relief of a node above cpu_max: the target ends at most at
+        # cpu_max - safety_margin, below where the source started, so the
+        # pair's highest utilisation always drops (what the midpoint rule
+        # exists for) and no new hot node is made. Requiring the target to
+        # end below the midpoint as well kept nodes hot for hours when the
+        # movable VMs were large (docs/policy.md, "CPU relief as a plan").
+        if not target_after.cpu < source.cpu:
             return _Rejection(
                 f"vm {guest.vmid} would flip the imbalance on {target.name} "
-                f"({_f(target_after.cpu)} > midpoint {_f(midpoint)})"
+                f"({_f(target_after.cpu)} >= {_f(source.cpu)} on {source.name})"
             )
     elif 2 * target_after.mem > source.mem + target.mem:
         midpoint_bytes = (source.mem + target.mem) / 2.0
@@ -478,7 +497,7 @@ def _try_source(
             continue
         blocked: list[str] = []
         for target in targets:
-            outcome = _evaluate(view, mode, guest, source, target)
+            outcome = _evaluate(view, mode, guest, source, target, state)
             if isinstance(outcome, Migration):
                 return outcome
             blocked.append(outcome.text)
@@ -533,7 +552,7 @@ def _plan_relief(view: _View, source: _Load, state: PolicyState,
             continue
         blocked: list[str] = []
         for target in sorted(planned.values(), key=lambda t: (t.cpu, t.name)):
-            outcome = _evaluate(view, Mode.CPU, guest, current, target)
+            outcome = _evaluate(view, Mode.CPU, guest, current, target, state)
             if isinstance(outcome, Migration):
                 moves.append(outcome)
                 after = outcome.target_after
@@ -560,10 +579,11 @@ def _plan_text(plan: _Plan) -> str:
 
 
 def _no_plan_text(plan: _Plan, view: _View) -> str:
-    room = ", ".join(f"{t.name} {_f(max(0.0, view.cpu_limit - t.cpu))}" for t in plan.targets)
+    limit = view.cpu_limit
+    room = ", ".join(f"{t.name} {_f(max(0.0, limit - t.cpu))}" for t in plan.targets)
     return (f"no set of moves brings {plan.source.name} to cpu_max: the best plan of "
             f"{len(plan.moves)} ends at {_f(plan.end_cpu)} (cpu room below "
-            f"{_f(view.cpu_limit)}: {room})")
+            f"{_f(limit)}: {room})")
 
 
 def _decide_cpu(view: _View, trigger: _Trigger, state: PolicyState, rng: random.Random,
