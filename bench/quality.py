@@ -2,11 +2,11 @@
 
 Each scenario runs twice in stepped virtual time with the same seed: once
 with nobody acting (baseline) and once with the real agent (AlwaysLeader,
-5 s interval, proxmoxer attached in-process; see bench/harness.py). The
-simulator's physics-side metrics (pvesim.metrics) judge both runs; this
-module adds the figures that judge the seed's promise of "the bare minimum
-of migrations": migrations a later migration undid, and migrations per
-relieved threshold episode.
+5 s interval, proxmoxer attached in-process; see bench/harness.py and
+simlab/inprocess.py). The simulator's physics-side metrics (pvesim.metrics)
+judge both runs; this module adds the figures that judge the seed's promise
+of "the bare minimum of migrations": migrations a later migration undid, and
+migrations per relieved threshold episode.
 
 Workloads replay the Bitbrains traces: GWA-T-12 Bitbrains, Grid Workloads
 Archive, TU Delft.
@@ -43,6 +43,7 @@ SCENARIOS = {
     "bitbrains-4node-120vm": REPO / "bench" / "scenarios" / "bitbrains-4node-120vm.yaml",
     "bitbrains-imbalanced": REPO / "bench" / "scenarios" / "bitbrains-imbalanced.yaml",
     "bitbrains-hotspot": REPO / "bench" / "scenarios" / "bitbrains-hotspot.yaml",
+    "bitbrains-memheavy": REPO / "bench" / "scenarios" / "bitbrains-memheavy.yaml",
 }
 
 SUSTAINED = 60.0

@@ -101,17 +101,14 @@ def measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
 def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     import random
 
-    from bench import harness
     from pve_balancer.config import Config
     from pve_balancer.policy import PolicyState, decide
-    from pvesim.cluster import Simulator
-    from pvesim.scenario import Scenario
+    from simlab.inprocess import InProcessLab, simulator
 
     rss_import = _rss_bytes()
-    sim = Simulator(Scenario.from_dict(cluster(nodes, guests)), seed=0)
-    sim.advance(harness.WARMUP)
+    sim = simulator(cluster(nodes, guests), seed=0)
     config = Config(dry_run=True, seed=1)
-    agent, _daemon = harness.make_agent(sim, config)
+    agent = InProcessLab.attach(sim, config).agent
 
     handler_seconds = [0.0]
     real_handle = sim.handle

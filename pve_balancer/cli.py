@@ -215,7 +215,8 @@ def node_table(snapshot: Snapshot | None, emas: dict[str, float | None],
 def cmd_check_config(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     path: Path = args.file or paths.config
     if not path.exists():
-        out.write(f"{path}: no such file (the agent would use the defaults)\n")
+        out.write(f"{path}: no such file (an agent starting now uses the defaults; a running "
+                  "agent keeps its last good configuration)\n")
         return 0 if args.file is None else 1
     result = load_config(path)
     for problem in result.problems:

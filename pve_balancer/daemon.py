@@ -6,7 +6,9 @@ migration POST is never interrupted halfway. SIGTERM/SIGINT stop the loop
 after the current cycle, release leadership (a standby takes over within its
 next retry instead of after the lock's lifetime) and exit 0. SIGHUP re-reads
 the configuration, framed by RELOADING=1 and READY=1 so `systemctl reload`
-returns when it is done.
+returns when it is done; a reload that fails, whatever the reason, is logged
+and leaves the configuration in force and the loop running (a daemon that
+exited here would do so holding the leader lock).
 
 The loop keeps a fixed rate (cycle starts are `interval` apart, not
 `interval` after the previous cycle ended) and warns when a cycle overruns;
@@ -95,8 +97,13 @@ class Daemon:
             self.reload_requested.clear()
             log.info("SIGHUP: re-reading the configuration")
             self.notifier.reloading()
-            self.agent.reload()
-            self.notifier.ready()
+            try:
+                self.agent.reload()
+            except Exception as exc:  # a reload must never end the daemon (it holds the lock)
+                log.error("re-reading the configuration failed (%s: %s); the configuration "
+                          "in force is kept", type(exc).__name__, exc, exc_info=True)
+            finally:
+                self.notifier.ready()
         result = self.agent.run_cycle()
         self.cycles += 1
         self._log(result, self.clock.now())

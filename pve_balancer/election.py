@@ -31,6 +31,7 @@ import contextlib
 import errno
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +42,11 @@ from .status import is_stale, read_status
 # Ticks are scheduled at the interval; a tick that arrives a hair early
 # (timer jitter) must not skip a whole interval.
 _EARLY_SLACK = 0.1
+TAKEOVER_PAUSES = (0.005, 0.01, 0.02, 0.04)
+"""On a cluster of 3+ nodes pmxcfs may delete an expired lock a few ms after
+the unlock request returns (measured on pmxcfs 9.1.6: 2.8-3.3 ms), so a
+mkdir right after it can still see EEXIST: retry after these pauses (75 ms
+in all) before waiting a whole retry interval."""
 
 
 class _Now(Protocol):
@@ -85,6 +91,27 @@ class PmxcfsLock:
         errno means nothing (EACCES both when refused and when it worked)."""
         with contextlib.suppress(OSError):
             os.utime(self.path, (0, 0))
+
+    def take_if_expired(self, pauses: tuple[float, ...] = TAKEOVER_PAUSES) -> bool:
+        """Send an unlock request, then try to take the lock, briefly again
+        after each of `pauses` (the deletion may land just after the
+        request returns). False when it is still held."""
+        self.request_unlock()
+        for pause in (0.0, *pauses):
+            if pause:
+                time.sleep(pause)
+            if self.take():
+                return True
+        return False
+
+    def unreadable(self) -> str | None:
+        """The errno name when the lock directory cannot be looked up
+        (pmxcfs stopped: an empty mount point; crashed: ENOTCONN)."""
+        try:
+            os.stat(self.path.parent)
+        except OSError as exc:
+            return _errname(exc)
+        return None
 
     def release(self) -> None:
         """Remove the lock (raises `OSError`, e.g. ENOENT when it is gone)."""
@@ -244,6 +271,12 @@ class PmxcfsElection:
     # ------------------------------------------------------------- internals
     def _tick(self, now: float) -> str | None:
         self._last_now = now
+        unreadable = self.lock.unreadable()
+        if unreadable:  # pmxcfs is not mounted: nothing can be known or done
+            text = f"cannot read {self.lock.path.parent} ({unreadable}); is pmxcfs running?"
+            if self._leading:
+                return self._step_down("unreadable", text)
+            return self._say("unreadable", f"standby: {text}")
         quorate = self._quorate()
         if self._leading:
             assert self._last_renew is not None
@@ -274,8 +307,7 @@ class PmxcfsElection:
                 return self._become_leader(now,
                                            "became leader (resumed the lock this node holds)")
             # By another node: ask pmxcfs to drop it if it has expired, retry.
-            self.lock.request_unlock()
-            if self.lock.take():
+            if self.lock.take_if_expired():
                 return self._become_leader(now, "became leader (lock acquired after it expired)")
             return self._say("held", "standby: lock held by another node")
         except OSError as exc:

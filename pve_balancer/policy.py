@@ -370,19 +370,13 @@ def _evaluate(
             f"vm {guest.vmid} would put {target.name} memory at "
             f"{_f(target_after.mem_fraction)} > memory_threshold {_f(view.memory_threshold)}"
         )
-    if mode is Mode.CPU:
-        # Relief of a node above cpu_max: the target ends at most at
-        # cpu_max - safety_margin, below where the source started, so the
-        # pair's highest utilisation always drops (what the midpoint rule
-        # exists for) and no new hot node is made. Requiring the target to
-        # end below the midpoint as well kept nodes hot for hours when the
-        # movable VMs were large (docs/policy.md, "CPU relief as a plan").
-        if not target_after.cpu < source.cpu:
-            return _Rejection(
-                f"vm {guest.vmid} would flip the imbalance on {target.name} "
-                f"({_f(target_after.cpu)} >= {_f(source.cpu)} on {source.name})"
-            )
-    elif 2 * target_after.mem > source.mem + target.mem:
+    # CPU relief has no midpoint rule: the source is above cpu_max and the
+    # target ends at most at cpu_max - safety_margin, so the pair's highest
+    # utilisation always drops (what the midpoint rule exists for) and no new
+    # hot node is made. Requiring the target to end below the midpoint as
+    # well kept nodes hot for hours when the movable VMs were large
+    # (docs/policy.md, "CPU relief as a plan").
+    if mode is not Mode.CPU and 2 * target_after.mem > source.mem + target.mem:
         midpoint_bytes = (source.mem + target.mem) / 2.0
         return _Rejection(
             f"vm {guest.vmid} would flip the imbalance on {target.name} "

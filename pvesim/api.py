@@ -2,9 +2,12 @@
 error shapes, and the proxying rule (a call about another node goes through
 that node, so an unreachable node answers 596).
 
-Handlers live in `pvesim.api_views` (reads) and `pvesim.api_actions`
-(migrations). `ROUTES` lists every implemented (method, path template) pair;
-the schema conformance test walks it.
+Handlers live in one module per area (`pvesim.api_cluster`, `api_ha`,
+`api_nodes`, `api_guests`, and `api_actions` for migrations); each adds its
+routes in a `register(router)` that `build_routes()` calls, so the table is
+built explicitly here and no handler module imports this one. `ROUTES` lists
+every implemented (method, path template) pair; `routes()` gives them with
+their parameter declarations.
 
 Error shapes, as PVE's HTTP server sends them:
 - 401 `{"data": null}` — reason "No ticket" (no credentials) or
@@ -20,140 +23,35 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pvesim.protocol import ApiRequest, ApiResponse
+from pvesim import api_actions, api_cluster, api_guests, api_ha, api_nodes
+from pvesim.protocol import ApiRequest, ApiResponse, RequestRecord, SimError
+from pvesim.routing import ApiError, Ctx, Route, Router
 from pvesim.state import Token
 
 if TYPE_CHECKING:
     from pvesim.cluster import Simulator
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
+def build_routes() -> Router:
+    """The route table: every endpoint the simulator serves, by area."""
+    router = Router()
+    for area in (api_cluster, api_ha, api_nodes, api_guests, api_actions):
+        area.register(router)
+    return router
 
 
-@dataclass(frozen=True)
-class P:
-    """One parameter as the schema declares it."""
+_ROUTER = build_routes()
 
-    type: str = "string"  # string | integer | boolean | number
-    optional: bool = True
-    enum: tuple[str, ...] | None = None
-    fmt: str | None = None  # pve-node | pve-vmid
-    minimum: int | None = None
-
-
-NODE = P("string", False, fmt="pve-node")
-VMID = P("integer", False, fmt="pve-vmid")
-
-
-@dataclass
-class Ctx:
-    sim: Simulator
-    req: ApiRequest
-    token: Token
-    params: dict[str, Any]
-    served_by: str
-
-    def need(self, path: str, priv: str) -> None:
-        if not self.token.has(path, priv):
-            raise ApiError(403, f"Permission check failed ({path}, {priv})")
-
-    def can(self, path: str, priv: str) -> bool:
-        return self.token.has(path, priv)
-
-    def sees(self, node: str) -> bool:
-        """Whether the serving node can reach `node` (a cut-off node sees
-        only itself; others see every reachable node)."""
-        sim = self.sim
-        me = sim.nodes.get(self.served_by)
-        if me is None or me.reachable:
-            return sim.nodes[node].reachable
-        return node == self.served_by
-
-
-Handler = Callable[[Ctx], Any]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    template: str
-    handler: Handler
-    params: dict[str, P]
-    parts: tuple[str, ...]
-
-
-_routes: list[Route] = []
-
-
-def route(
-    method: str, template: str, params: dict[str, P] | None = None
-) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        p = dict(params or {})
-        for name in re.findall(r"\{(\w+)\}", template):
-            p.setdefault(
-                name, NODE if name == "node" else VMID if name == "vmid" else P(optional=False)
-            )
-        _routes.append(Route(method, template, fn, p, tuple(template.strip("/").split("/"))))
-        return fn
-
-    return deco
+# every implemented (method, path template) pair
+ROUTES: list[tuple[str, str]] = [(r.method, r.template) for r in _ROUTER]
 
 
 def routes() -> list[Route]:
-    # handler modules register themselves on import
-    import pvesim.api_actions  # noqa: PLC0415
-    import pvesim.api_views  # noqa: F401, PLC0415
-
-    return _routes
-
-
-class _RouteTable:
-    """`ROUTES` behaves as a list of (method, template) pairs, filled lazily
-    so the handler modules can import this one."""
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter([(r.method, r.template) for r in routes()])
-
-    def __len__(self) -> int:
-        return len(routes())
-
-    def __contains__(self, item: object) -> bool:
-        return item in [(r.method, r.template) for r in routes()]
-
-
-ROUTES = _RouteTable()
-
-
-def _match(method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-    parts = tuple(p for p in path.strip("/").split("/") if p != "") if path.strip("/") else ()
-    other_method = False
-    for r in routes():
-        if len(r.parts) != len(parts):
-            continue
-        vals: dict[str, str] = {}
-        ok = True
-        for tp, pp in zip(r.parts, parts, strict=True):
-            if tp.startswith("{"):
-                vals[tp[1:-1]] = pp
-            elif tp != pp:
-                ok = False
-                break
-        if not ok:
-            continue
-        if r.method == method:
-            return r, vals, False
-        other_method = True
-    return None, {}, other_method
+    """The routes with their parameter declarations (the schema conformance
+    test walks them)."""
+    return list(_ROUTER)
 
 
 _BOOL_TRUE = {"1", "on", "yes", "true"}
@@ -245,8 +143,6 @@ def _response(status: int, body: dict[str, Any], reason: str) -> ApiResponse:
 
 def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
     """Answer one request (the caller holds `sim.lock`)."""
-    from pvesim.cluster import RequestRecord, SimError  # noqa: PLC0415 — import cycle
-
     method = req.method.upper()
     path = req.path
     if path.startswith("/api2/json"):
@@ -259,7 +155,7 @@ def dispatch(sim: Simulator, req: ApiRequest) -> ApiResponse:
         # pveproxy authenticates before it looks the handler up
         token = _authenticate(sim, req.headers)
         token_id = token.token_id
-        rt, vals, _other = _match(method, path)
+        rt, vals = _ROUTER.match(method, path)
         if rt is None:
             raise ApiError(501, f"Method '{method} {path}' not implemented")
         template = rt.template

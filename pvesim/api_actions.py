@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvesim.api import ApiError, Ctx, P, route
-from pvesim.api_views import _guest_or_500
+from pvesim.api_render import guest_or_500
+from pvesim.routing import ApiError, Ctx, P, Router
 
 
 def _precondition_nodes(ctx: Ctx, g: Any) -> tuple[list[str], dict[str, Any]]:
@@ -38,9 +38,11 @@ def _precondition_nodes(ctx: Ctx, g: Any) -> tuple[list[str], dict[str, Any]]:
     return allowed, not_allowed
 
 
-@route("GET", "/nodes/{node}/qemu/{vmid}/migrate", {"target": P(fmt="pve-node")})
+_CHECK = {"target": P(fmt="pve-node")}
+
+
 def qemu_migrate_check(ctx: Ctx) -> Any:
-    g = _guest_or_500(ctx, "qemu")
+    g = guest_or_500(ctx, "qemu")
     ctx.need(f"/vms/{g.vmid}", "VM.Migrate")
     allowed, not_allowed = _precondition_nodes(ctx, g)
     dependent = ctx.sim.dependent_ha(g)
@@ -57,9 +59,8 @@ def qemu_migrate_check(ctx: Ctx) -> Any:
     }
 
 
-@route("GET", "/nodes/{node}/lxc/{vmid}/migrate", {"target": P(fmt="pve-node")})
 def lxc_migrate_check(ctx: Ctx) -> Any:
-    g = _guest_or_500(ctx, "lxc")
+    g = guest_or_500(ctx, "lxc")
     ctx.need(f"/vms/{g.vmid}", "VM.Migrate")
     allowed, not_allowed = _precondition_nodes(ctx, g)
     return {
@@ -79,23 +80,21 @@ def _task_user(ctx: Ctx) -> str:
     return ctx.token.token_id
 
 
-@route(
-    "POST",
-    "/nodes/{node}/qemu/{vmid}/migrate",
-    {
-        "target": P(optional=False, fmt="pve-node"),
-        "online": P("boolean"),
-        "force": P("boolean"),
-        "with-local-disks": P("boolean"),
-        "with-conntrack-state": P("boolean"),
-        "bwlimit": P("integer", minimum=0),
-        "migration_network": P(),
-        "migration_type": P(enum=("secure", "insecure")),
-        "targetstorage": P(),
-    },
-)
+_QEMU_MIGRATE = {
+    "target": P(optional=False, fmt="pve-node"),
+    "online": P("boolean"),
+    "force": P("boolean"),
+    "with-local-disks": P("boolean"),
+    "with-conntrack-state": P("boolean"),
+    "bwlimit": P("integer", minimum=0),
+    "migration_network": P(),
+    "migration_type": P(enum=("secure", "insecure")),
+    "targetstorage": P(),
+}
+
+
 def qemu_migrate(ctx: Ctx) -> Any:
-    g = _guest_or_500(ctx, "qemu")
+    g = guest_or_500(ctx, "qemu")
     ctx.need(f"/vms/{g.vmid}", "VM.Migrate")
     _check_quorum(ctx)
     return ctx.sim.migrate(
@@ -108,20 +107,18 @@ def qemu_migrate(ctx: Ctx) -> Any:
     )
 
 
-@route(
-    "POST",
-    "/nodes/{node}/lxc/{vmid}/migrate",
-    {
-        "target": P(optional=False, fmt="pve-node"),
-        "online": P("boolean"),
-        "restart": P("boolean"),
-        "timeout": P("integer"),
-        "bwlimit": P("number"),
-        "target-storage": P(),
-    },
-)
+_LXC_MIGRATE = {
+    "target": P(optional=False, fmt="pve-node"),
+    "online": P("boolean"),
+    "restart": P("boolean"),
+    "timeout": P("integer"),
+    "bwlimit": P("number"),
+    "target-storage": P(),
+}
+
+
 def lxc_migrate(ctx: Ctx) -> Any:
-    g = _guest_or_500(ctx, "lxc")
+    g = guest_or_500(ctx, "lxc")
     ctx.need(f"/vms/{g.vmid}", "VM.Migrate")
     _check_quorum(ctx)
     return ctx.sim.migrate(
@@ -132,3 +129,10 @@ def lxc_migrate(ctx: Ctx) -> Any:
         served_by=ctx.served_by,
         restart=bool(ctx.params.get("restart")),
     )
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/nodes/{node}/qemu/{vmid}/migrate", qemu_migrate_check, _CHECK)
+    router.add("GET", "/nodes/{node}/lxc/{vmid}/migrate", lxc_migrate_check, _CHECK)
+    router.add("POST", "/nodes/{node}/qemu/{vmid}/migrate", qemu_migrate, _QEMU_MIGRATE)
+    router.add("POST", "/nodes/{node}/lxc/{vmid}/migrate", lxc_migrate, _LXC_MIGRATE)

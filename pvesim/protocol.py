@@ -4,6 +4,11 @@ The API itself (`pvesim.api`) is a plain function of an `ApiRequest`. The
 HTTPS server, the in-process `requests` transport and the fault injector all
 speak only these two types, so every path a client can take runs the very
 same handlers.
+
+The two types the simulator and the API exchange live here too, so that
+neither has to import the other for them: `SimError`, the refusal an
+operation of the simulated cluster raises and the API turns into an answer,
+and `RequestRecord`, one line of the request log.
 """
 
 from __future__ import annotations
@@ -45,3 +50,29 @@ class ApiResponse:
 
 class ApiHandler(Protocol):
     def handle(self, request: ApiRequest) -> ApiResponse: ...
+
+
+class SimError(Exception):
+    """An operation PVE would refuse; `status` and message become the API
+    answer (500 unless said otherwise)."""
+
+    def __init__(
+        self, message: str, status: int = 500, errors: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+
+
+@dataclass
+class RequestRecord:
+    """One API call as the simulator logged it: when, which node's API
+    served it, which token asked, and the answer's status."""
+
+    time: float
+    served_by: str
+    token_id: str | None
+    method: str
+    path: str
+    status: int

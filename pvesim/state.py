@@ -1,5 +1,7 @@
-"""The simulated cluster's entities. Plain mutable records; all behaviour
-lives in `pvesim.cluster.Simulator`, which guards them with its lock.
+"""The simulated cluster's entities. Plain mutable records; the behaviour
+lives in the simulator's parts (`pvesim.physics`, `tasks`, `migrations`,
+`ha`, `backups`, `outages`), which `pvesim.cluster.Simulator` composes and
+guards with its lock.
 
 Two views of every number exist on purpose: the *live* values the physics
 computes each step, and the *published* values pvestatd last wrote (what the

@@ -7,7 +7,14 @@ Start it from Python with `PmxcfsEmulator` or from a shell with
 """
 
 from pvesim.pmxcfs.harness import EmulatorError, PmxcfsEmulator, cleanup_mounts, fuse_available
-from pvesim.pmxcfs.tree import DEFAULT_LIFETIME, ClusterTree, EmulatorClock
+from pvesim.pmxcfs.tree import (
+    DEFAULT_LIFETIME,
+    INSTANT,
+    REALISTIC,
+    ClusterTree,
+    EmulatorClock,
+    Realism,
+)
 
-__all__ = ["DEFAULT_LIFETIME", "ClusterTree", "EmulatorClock", "EmulatorError",
-           "PmxcfsEmulator", "cleanup_mounts", "fuse_available"]
+__all__ = ["DEFAULT_LIFETIME", "INSTANT", "REALISTIC", "ClusterTree", "EmulatorClock",
+           "EmulatorError", "PmxcfsEmulator", "Realism", "cleanup_mounts", "fuse_available"]

@@ -11,6 +11,7 @@ Once every mount is up it prints one JSON line on stdout:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,14 @@ import sys
 from pathlib import Path
 
 from pvesim.pmxcfs.server import PmxcfsServer
-from pvesim.pmxcfs.tree import DEFAULT_LIFETIME, ClusterTree, EmulatorClock
+from pvesim.pmxcfs.tree import (
+    DEFAULT_LIFETIME,
+    INSTANT,
+    REALISTIC,
+    ClusterTree,
+    EmulatorClock,
+    Realism,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +50,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--exit-with-parent", action="store_true",
                     help="stop when the starting process goes away")
     ap.add_argument("--verbose", action="store_true")
+    real = ap.add_argument_group(
+        "realism", "timing of a real pmxcfs (default: every change at once); --realistic "
+        "sets all of them to what a real 3-node cluster shows, the others override one")
+    real.add_argument("--realistic", action="store_true")
+    real.add_argument("--unlock-delay", type=float, metavar="S",
+                      help="an expired lock is deleted S s after the unlock request returns")
+    real.add_argument("--quorum-loss-delay", type=float, metavar="S",
+                      help="a cut takes effect after S s")
+    real.add_argument("--quorum-return-delay", type=float, metavar="S",
+                      help="a heal takes effect after S s")
+    real.add_argument("--write-stall", action=argparse.BooleanOptionalAction, default=None,
+                      help="writes during a pending cut block until it lands (EPERM on the "
+                           "cut node)")
+    real.add_argument("--attr-cache", type=float, metavar="S",
+                      help="kernel name/attribute cache in seconds")
     return ap.parse_args(argv)
+
+
+def realism_of(args: argparse.Namespace) -> Realism:
+    base = REALISTIC if args.realistic else INSTANT
+    changes = {k: getattr(args, k) for k in ("unlock_delay", "quorum_loss_delay",
+                                              "quorum_return_delay", "write_stall",
+                                              "attr_cache")
+               if getattr(args, k) is not None}
+    return dataclasses.replace(base, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tree = ClusterTree(nodes, lifetime=args.lifetime,
                            clock=EmulatorClock(manual=args.manual_clock),
-                           cluster_name=args.cluster_name)
+                           cluster_name=args.cluster_name, realism=realism_of(args))
     except ValueError as exc:
         print(f"pmxcfs-emu: {exc}", file=sys.stderr)
         return 2
@@ -82,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.exit_with_parent and os.getppid() != parent:
                 logging.info("parent went away; stopping")
                 break
-            dead = [n for n, t in server.threads.items() if not t.is_alive()]
+            dead = [n for n, t in server.threads.items()
+                    if not t.is_alive() and n not in server.down]
             if dead:
                 logging.error("mount(s) of %s ended unexpectedly; stopping", ", ".join(dead))
                 break

@@ -101,9 +101,10 @@ class NodeMount(Operations):  # type: ignore[misc]  # fusepy is untyped
     def fsync(self, path: str, datasync: int, fh: Any) -> None:
         return None
 
-    # pmxcfs has regular files and directories only
+    # pmxcfs has regular files and directories only; it has no symlink
+    # operation at all (ENOSYS), and refuses links and device nodes
     def symlink(self, target: str, source: str) -> None:
-        raise FuseOSError(errno.EPERM)
+        raise FuseOSError(errno.ENOSYS)
 
     def link(self, target: str, source: str) -> None:
         raise FuseOSError(errno.EPERM)

@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from pvesim.pmxcfs.mounts import mounted_fuse_paths, unmount
-from pvesim.pmxcfs.tree import DEFAULT_LIFETIME
+from pvesim.pmxcfs.tree import DEFAULT_LIFETIME, INSTANT, Realism
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ class PmxcfsEmulator:
                  lifetime: int = DEFAULT_LIFETIME, manual_clock: bool = False,
                  cluster_name: str = "pvesim", allow_other: bool = False,
                  log_path: Path | None = None, start_timeout: float = 20.0,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, realism: Realism = INSTANT) -> None:
         if not nodes:
             raise ValueError("at least one node is needed")
         self.mount_base = Path(mount_base).resolve()
@@ -86,6 +86,7 @@ class PmxcfsEmulator:
             self.control_path = Path(tempfile.mkdtemp(prefix="pmxcfs-")) / "control.sock"
         self.start_timeout = start_timeout
         self.python = python
+        self.realism = realism
         self.mounts: dict[str, Path] = {n: self.mount_base / n for n in self.nodes}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -109,6 +110,11 @@ class PmxcfsEmulator:
             cmd.append("--manual-clock")
         if self.allow_other:
             cmd.append("--allow-other")
+        r = self.realism
+        cmd += ["--unlock-delay", str(r.unlock_delay), "--quorum-loss-delay",
+                str(r.quorum_loss_delay), "--quorum-return-delay", str(r.quorum_return_delay),
+                "--write-stall" if r.write_stall else "--no-write-stall",
+                "--attr-cache", str(r.attr_cache)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(_REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -176,6 +182,15 @@ class PmxcfsEmulator:
     def restart_node(self, node: str) -> bool:
         """`node`'s pmxcfs restarted; True if that restarted the lifetimes."""
         return bool(self.request("restart_node", node=node)["restarted"])
+
+    def unmount_node(self, node: str) -> None:
+        """`node`'s pmxcfs stops: its mount point becomes an empty directory."""
+        self.request("unmount_node", node=node)
+
+    def mount_node(self, node: str) -> bool:
+        """`node`'s pmxcfs starts again; True if that restarted the lifetimes
+        (see `restart_node`)."""
+        return bool(self.request("mount_node", node=node)["restarted"])
 
     def advance(self, seconds: float) -> float:
         """Move the manual clock; returns the emulator's new wall time."""

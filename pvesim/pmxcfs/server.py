@@ -12,6 +12,9 @@ Control channel: a Unix socket (a path) or TCP on 127.0.0.1 (a port
 number), one JSON object per line each way:
   {"op": "ping"} | {"op": "status"} | {"op": "set_quorate", "node": N, "quorate": B}
   {"op": "restart_clock"} | {"op": "restart_node", "node": N}
+  {"op": "unmount_node", "node": N} | {"op": "mount_node", "node": N}
+      (N's pmxcfs stops: its mount goes away; and starts again, which also
+      restarts lock lifetimes when N is the lowest-id quorate node)
   {"op": "advance", "seconds": S} (manual clock) | {"op": "stop"}
 Every answer is {"ok": true, ...} or {"ok": false, "error": "..."}.
 """
@@ -50,9 +53,11 @@ class MountThread(threading.Thread):
             "foreground": True,
             "fsname": f"{FSNAME_PREFIX}:{self.node}",
             "subtype": "pmxcfs",
-            # No kernel caching of names or attributes: another node's
-            # mount may change any entry at any moment, as in a cluster.
-            "entry_timeout": 0, "attr_timeout": 0, "negative_timeout": 0,
+            # Another node's mount may change any entry at any moment: no
+            # kernel caching of names or attributes, unless the realism asks
+            # for pmxcfs's (libfuse's default 1 s; never for absent names).
+            "entry_timeout": self.tree.realism.attr_cache,
+            "attr_timeout": self.tree.realism.attr_cache, "negative_timeout": 0,
             "default_permissions": True,
         }
         if self.allow_other:
@@ -75,6 +80,7 @@ class PmxcfsServer:
         self.allow_other = allow_other
         self.mounts = {n: mount_base / n for n in tree.nodes}
         self.threads: dict[str, MountThread] = {}
+        self.down: set[str] = set()  # nodes unmounted on purpose (unmount_node)
         self.stop_requested = threading.Event()
         self._control_server: socketserver.BaseServer | None = None
         self.control_address: str | None = None
@@ -84,22 +90,36 @@ class PmxcfsServer:
         for stale in mounted_fuse_paths(self.mount_base):
             log.warning("unmounting stale mount %s", stale)
             unmount(stale)
-        for node, path in self.mounts.items():
-            if path in mounted_fuse_paths():
-                unmount(path)
-            path.mkdir(exist_ok=True)
-            if any(path.iterdir()):
-                raise RuntimeError(f"mount point {path} is not empty")
-            thread = MountThread(self.tree, node, path, self.allow_other)
-            thread.start()
-            self.threads[node] = thread
-            deadline = time.monotonic() + timeout
-            while path not in mounted_fuse_paths():
-                if not thread.is_alive():
-                    raise RuntimeError(f"mounting {path} failed: {thread.error!r}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mounting {path} timed out after {timeout} s")
-                time.sleep(0.02)
+        for node in self.mounts:
+            self.mount_node(node, timeout)
+
+    def mount_node(self, node: str, timeout: float = 10.0) -> None:
+        """Serve `node`'s mount (again, after `unmount_node`)."""
+        path = self.mounts[node]
+        if path in mounted_fuse_paths():
+            unmount(path)
+        path.mkdir(exist_ok=True)
+        if any(path.iterdir()):
+            raise RuntimeError(f"mount point {path} is not empty")
+        thread = MountThread(self.tree, node, path, self.allow_other)
+        thread.start()
+        self.threads[node] = thread
+        deadline = time.monotonic() + timeout
+        while path not in mounted_fuse_paths():
+            if not thread.is_alive():
+                raise RuntimeError(f"mounting {path} failed: {thread.error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mounting {path} timed out after {timeout} s")
+            time.sleep(0.02)
+        self.down.discard(node)
+
+    def unmount_node(self, node: str) -> None:
+        """`node`'s pmxcfs stopped: its mount point is an empty directory."""
+        self.down.add(node)
+        unmount(self.mounts[node])
+        thread = self.threads.get(node)
+        if thread is not None:
+            thread.join(timeout=5)
 
     def start_control(self) -> None:
         if self.control is None:
@@ -134,13 +154,24 @@ class PmxcfsServer:
                 return {"ok": True}
             if op == "restart_node":
                 return {"ok": True, "restarted": tree.restart_node(str(req["node"]))}
+            if op == "unmount_node":
+                tree.check_node(str(req["node"]))
+                self.unmount_node(str(req["node"]))
+                return {"ok": True}
+            if op == "mount_node":
+                node = str(req["node"])
+                tree.check_node(node)
+                if node not in self.down:
+                    return {"ok": False, "error": f"mount_node: {node} is mounted"}
+                self.mount_node(node)
+                return {"ok": True, "restarted": tree.restart_node(node)}
             if op == "advance":
                 tree.advance(float(req["seconds"]))
                 return {"ok": True, "wall": tree.clock.wall()}
             if op == "stop":
                 self.stop_requested.set()
                 return {"ok": True}
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             return {"ok": False, "error": f"{op}: {exc}"}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
@@ -152,7 +183,7 @@ class PmxcfsServer:
                 with contextlib.suppress(OSError):
                     os.unlink(self.control_address)
         for node, path in self.mounts.items():
-            if node in self.threads:
+            if node in self.threads and node not in self.down:
                 unmount(path)
         for thread in self.threads.values():
             thread.join(timeout=5)

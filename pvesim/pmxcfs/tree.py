@@ -6,7 +6,13 @@ mkdir, renew and unlock request with utime, release with rmdir), the lock
 lifetime counted on the emulator's own clock from the create or last renew,
 per-node quorum that turns every write into EACCES, and the per-node virtual
 `.members` file. `fuseops.NodeMount` only translates FUSE calls into calls
-on `ClusterTree` with the node the mount belongs to.
+on `ClusterTree` with the node the mount belongs to. That is also why the
+module runs a little over the ~500 lines kept elsewhere: split, one errno
+decision would be spread over several files.
+
+How closely the timing follows a real pmxcfs is a `Realism` (the default,
+`INSTANT`, changes everything at once, as fast tests want; `REALISTIC` has
+the delays observed on a real 3-node cluster, docs/election.md).
 
 Paths are relative to the mount root and use "/" ("priv/lock/pve-balancer";
 "" is the root). Every public method takes `self.lock`, so the mounts' FUSE
@@ -30,6 +36,36 @@ LOCK_DIR = "priv/lock"
 MEMBERS = ".members"
 MAX_FILE_SIZE = 1024 * 1024  # pmxcfs refuses bigger files (EFBIG)
 DEFAULT_LIFETIME = 120
+
+
+@dataclass(frozen=True)
+class Realism:
+    """The timing of a real pmxcfs, each part with its own switch.
+
+    - `unlock_delay`: an unlock request that deletes an expired lock is
+      answered first and the deletion lands this many seconds later (real:
+      a few ms on 3 nodes), so a `mkdir` at once still gets EEXIST;
+    - `quorum_loss_delay` / `quorum_return_delay`: seconds from a cut (heal)
+      until the node's quorum, `.members` and the rules change (real, 3
+      nodes: about 8 s / 3.1-3.4 s);
+    - `write_stall`: a write that arrives during a pending quorum loss
+      blocks until the membership change lands; then the majority's
+      proceeds and the cut node's fails with EPERM (later ones EACCES);
+    - `attr_cache`: seconds the kernel may cache names and attributes
+      (libfuse's default 1 s that pmxcfs keeps): `stat` can show a lock
+      another node deleted; `mkdir` is not fooled.
+    """
+
+    unlock_delay: float = 0.0
+    quorum_loss_delay: float = 0.0
+    quorum_return_delay: float = 0.0
+    write_stall: bool = False
+    attr_cache: float = 0.0
+
+
+INSTANT = Realism()
+REALISTIC = Realism(unlock_delay=0.005, quorum_loss_delay=8.0, quorum_return_delay=3.2,
+                    write_stall=True, attr_cache=1.0)
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -110,7 +146,7 @@ class ClusterTree:
 
     def __init__(self, nodes: Sequence[str], lifetime: int = DEFAULT_LIFETIME,
                  clock: EmulatorClock | None = None, cluster_name: str = "pvesim",
-                 ips: dict[str, str] | None = None) -> None:
+                 ips: dict[str, str] | None = None, realism: Realism = INSTANT) -> None:
         if not nodes:
             raise ValueError("at least one node is needed")
         for name in nodes:
@@ -128,6 +164,11 @@ class ClusterTree:
         self.cluster_name = cluster_name
         self.ips = {n: (ips or {}).get(n, "127.0.0.1") for n in nodes}
         self.quorate = dict.fromkeys(nodes, True)
+        self.realism = realism
+        # quorum changes still on their way: node -> (monotonic time due, quorate)
+        self._pending: dict[str, tuple[float, bool]] = {}
+        self._stall_until = 0.0  # monotonic end of the write stall of a pending cut
+        self._stall_cut: set[str] = set()  # the nodes that cut cuts off
         self.members_version = 1
         self.gid = _www_data_gid()
         now = int(self.clock.wall())
@@ -162,11 +203,37 @@ class ClusterTree:
             raise _oserror(errno.ENOTDIR, path)
         return parent
 
+    def _settle(self) -> None:
+        """Apply the quorum changes whose delay has passed (lock held)."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        for name, (due, quorate) in list(self._pending.items()):
+            if due <= now:
+                del self._pending[name]
+                self._set_quorate_now(name, quorate)
+
+    def _quorate(self, node: str) -> bool:
+        self._settle()
+        return self.quorate[node]
+
     def _need_quorum(self, node: str, path: str) -> None:
-        if not self.quorate[node]:
+        if not self._quorate(node):
             raise _oserror(errno.EACCES, path)
 
-    def _check_node(self, node: str) -> None:
+    def _stall(self, node: str, path: str) -> None:
+        """A write during a pending cut waits for the membership change; on
+        a node it cut off it then fails with EPERM (called without the lock)."""
+        with self.lock:
+            until, cut = self._stall_until, node in self._stall_cut
+        wait = until - time.monotonic()
+        if wait <= 0:
+            return
+        time.sleep(wait)
+        if cut:
+            raise _oserror(errno.EPERM, path)
+
+    def check_node(self, node: str) -> None:
         if node not in self.quorate:
             raise ValueError(f"unknown node {node!r} (nodes: {', '.join(self.nodes)})")
 
@@ -185,8 +252,8 @@ class ClusterTree:
         A quorate node sees the quorate nodes online; a node without quorum
         sees only itself, as a node cut off from corosync does.
         """
-        self._check_node(node)
-        quorate = self.quorate[node]
+        self.check_node(node)
+        quorate = self._quorate(node)
         nodelist = {}
         for name in self.nodes:
             online = self.quorate[name] if quorate else name == node
@@ -206,8 +273,10 @@ class ClusterTree:
 
         Directories 0755 (0700 under priv/), files 0640 (0600 under priv/);
         without quorum directories read 0555 (0500 under priv/, e.g. the
-        lock directories) and files 0440 (0400).
+        lock directories) and files 0440 (0400), except the root, which
+        stays 0755.
         """
+        quorate = quorate or not parts  # the mount's root stays 0755 (as pmxcfs)
         if entry.is_dir:
             base, mask, kind = (0o777 if quorate else 0o555), 0o755, 0o040000
         else:
@@ -220,7 +289,7 @@ class ClusterTree:
     def getattr(self, node: str, path: str) -> dict[str, Any]:
         parts = split(path)
         with self.lock:
-            quorate = self.quorate[node]
+            quorate = self._quorate(node)
             if parts == [MEMBERS]:
                 size, mtime = len(self.members_json(node)), int(self.clock.wall())
                 return self._stat(0o100440, size, mtime, 1)
@@ -287,12 +356,13 @@ class ClusterTree:
         with self.lock:
             if not self._is_virtual(parts):
                 self._lookup(parts, path)
-            if mode & os.W_OK and (self._is_virtual(parts) or not self.quorate[node]):
+            if mode & os.W_OK and (self._is_virtual(parts) or not self._quorate(node)):
                 raise _oserror(errno.EACCES, path)
 
     # ----------------------------------------------------------------- writes
     def create(self, node: str, path: str) -> None:
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             if self._is_virtual(parts):
                 raise _oserror(errno.EACCES, path)
@@ -317,6 +387,7 @@ class ClusterTree:
 
     def write(self, node: str, path: str, data: bytes, offset: int) -> int:
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             entry = self._writable_file(node, parts, path)
             end = offset + len(data)
@@ -330,6 +401,7 @@ class ClusterTree:
 
     def truncate(self, node: str, path: str, length: int) -> None:
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             entry = self._writable_file(node, parts, path)
             if length > MAX_FILE_SIZE:
@@ -342,6 +414,7 @@ class ClusterTree:
 
     def unlink(self, node: str, path: str) -> None:
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             if self._is_virtual(parts):
                 raise _oserror(errno.EACCES, path)
@@ -360,6 +433,7 @@ class ClusterTree:
         answers before pmxcfs is asked); a new name without quorum is EACCES.
         """
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             if self._is_virtual(parts):
                 raise _oserror(errno.EEXIST, path)
@@ -379,6 +453,7 @@ class ClusterTree:
         """Remove a directory; for a lock this is the release, allowed from
         any quorate node (pmxcfs keeps no owner check for rmdir)."""
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             parent = self._parent(parts, path)
             entry = self._lookup(parts, path)
@@ -394,6 +469,7 @@ class ClusterTree:
         """Files and plain directories move; lock directories do not (a
         lock is only ever taken by mkdir and dropped by rmdir/unlock)."""
         op, np_ = split(old), split(new)
+        self._stall(node, old)
         with self.lock:
             if self._is_virtual(op) or self._is_virtual(np_):
                 raise _oserror(errno.EACCES, old)
@@ -424,10 +500,12 @@ class ClusterTree:
 
         Renew: only from the node that created or last renewed the lock, and
         only with an mtime not older than the stored one; it restarts the
-        lifetime. Unlock request: deletes the lock if it has expired, and is
-        answered EACCES either way (as in a cluster; ENOENT once it is gone).
+        lifetime. Unlock request: deletes the lock if it has expired (after
+        `realism.unlock_delay`), and is answered EACCES either way (as in a
+        cluster; ENOENT once it is gone).
         """
         parts = split(path)
+        self._stall(node, path)
         with self.lock:
             if self._is_virtual(parts):
                 raise _oserror(errno.EACCES, path)
@@ -440,14 +518,26 @@ class ClusterTree:
             if new_mtime == 0:
                 if self._expired(entry):
                     parent = self._parent(parts, path)
-                    del parent.children[parts[-1]]
-                    parent.mtime = int(self.clock.wall())
+                    if self.realism.unlock_delay > 0:
+                        timer = threading.Timer(self.realism.unlock_delay, self._drop,
+                                                (parent, parts[-1], entry))
+                        timer.daemon = True
+                        timer.start()
+                    else:
+                        self._drop(parent, parts[-1], entry)
                 raise _oserror(errno.EACCES, path)
             if entry.writer != node or new_mtime < entry.mtime:
                 raise _oserror(errno.EACCES, path)
             entry.mtime = new_mtime
             entry.writer = node
             entry.changed = self.clock.lifetime_now()
+
+    def _drop(self, parent: Entry, name: str, entry: Entry) -> None:
+        """Delete an expired lock, unless it was replaced meanwhile."""
+        with self.lock:
+            if parent.children.get(name) is entry:
+                del parent.children[name]
+                parent.mtime = int(self.clock.wall())
 
     def chmod(self, node: str, path: str, mode: int) -> None:
         """pmxcfs modes are fixed; chmod to the fixed mode is a no-op that
@@ -472,11 +562,33 @@ class ClusterTree:
 
     # --------------------------------------------------------------- controls
     def set_quorate(self, node: str, quorate: bool) -> None:
+        """A node is cut off (False) or joins again (True): at once, or after
+        the realism's delay; a cut with `write_stall` stalls writes until then."""
+        quorate = bool(quorate)
         with self.lock:
-            self._check_node(node)
-            if self.quorate[node] != bool(quorate):
-                self.quorate[node] = bool(quorate)
-                self.members_version += 1
+            self.check_node(node)
+            self._settle()
+            delay = self.realism.quorum_return_delay if quorate else \
+                self.realism.quorum_loss_delay
+            pending = self._pending.get(node)
+            if (pending[1] if pending else self.quorate[node]) == quorate:
+                return
+            if delay <= 0 or (pending is not None and self.quorate[node] == quorate):
+                self._pending.pop(node, None)  # undoes a change still on its way
+                self._set_quorate_now(node, quorate)
+                return
+            due = time.monotonic() + delay
+            self._pending[node] = (due, quorate)
+            if not quorate and self.realism.write_stall:
+                if self._stall_until <= time.monotonic():
+                    self._stall_cut = set()
+                self._stall_until = max(self._stall_until, due)
+                self._stall_cut.add(node)
+
+    def _set_quorate_now(self, node: str, quorate: bool) -> None:
+        if self.quorate[node] != quorate:
+            self.quorate[node] = quorate
+            self.members_version += 1
 
     def restart_clock(self) -> None:
         """As when the lowest-id node's pmxcfs restarts: every lock's
@@ -491,8 +603,8 @@ class ClusterTree:
         the lowest-id quorate node (the one counting them). Returns whether
         the clock restarted."""
         with self.lock:
-            self._check_node(node)
-            counting = [n for n in self.nodes if self.quorate[n]]
+            self.check_node(node)
+            counting = [n for n in self.nodes if self._quorate(n)]
             if counting and counting[0] == node:
                 self.restart_clock()
                 return True
@@ -514,7 +626,7 @@ class ClusterTree:
                        "expired": self._expired(e)}
                 for name, e in self._locks().items()
             }
-            return {"nodes": {n: {"id": self.node_ids[n], "quorate": self.quorate[n]}
+            return {"nodes": {n: {"id": self.node_ids[n], "quorate": self._quorate(n)}
                               for n in self.nodes},
                     "lifetime": self.lifetime, "manual_clock": self.clock.manual,
                     "wall": self.clock.wall(), "locks": locks}

@@ -1,19 +1,30 @@
-"""A simulated cluster with real agents: `python -m pvesim serve --pmxcfs`
-plus one `pve-balancer run` process per node, and what the tests (and the
-demo) need to watch them.
+"""A simulated cluster with real agents: `python -m pvesim serve` plus one
+`pve-balancer run` process per node, and what the tests (and the demo) need
+to watch them.
 
 Everything is a real process: the simulator serves each node's API over
-HTTPS and each node's `/etc/pve` as a FUSE mount of the pmxcfs emulator;
-every agent talks to its own node's API with its own `--pve-root` mount, so
-its `mkdir`/`utime`/`rmdir` calls are real syscalls on that mount.
+HTTPS; each node's `/etc/pve` is one of two file systems (`fs`):
+- "emulator": a FUSE mount of the pmxcfs emulator (`serve --pmxcfs`);
+- "real": Proxmox's pmxcfs on a real 3-node corosync cluster in namespaces
+  (`tests/real_pmxcfs`). The agent runs in its node's mount and UTS
+  namespaces, so it sees that node's pmxcfs at the production path
+  /etc/pve and has the node's hostname, but stays in this network
+  namespace, where the simulator's APIs listen on 127.0.0.1 (a PVE agent
+  talks to its node's localhost API too). The simulator's own per-node
+  roots then only hand over the CA, the token and balancer.yaml, which are
+  written once into the real /etc/pve.
+Every agent talks to its own node's API with its own node's /etc/pve, so its
+`mkdir`/`utime`/`rmdir` calls are real syscalls on that node's mount.
 
 Who did what is read from three independent sources:
 - the agents' own output (each line time-stamped by the agent: role
   changes "became leader ..." / "stepped down: ...", migrations);
 - the simulator's request log (`served_by` is the node whose API got the
   request, and each agent only talks to its own node's API);
-- the pmxcfs emulator's status (which node last wrote the lock, and how
-  long ago), through the control socket named in the connection file.
+- the file system: with the emulator its status (which node last wrote
+  the lock, and how long ago), through the control socket named in the
+  connection file; with the real pmxcfs the lock's mtime (the renewing
+  agent's whole second, rounded down), which is all pmxcfs shows.
 """
 
 from __future__ import annotations
@@ -41,10 +52,10 @@ from pvesim.control import ControlClient
 from pvesim.pmxcfs import cleanup_mounts, fuse_available
 from pvesim.pmxcfs.ctl import send as pmxcfs_send
 from pvesim.pmxcfs.mounts import mounted_fuse_paths
+from tests.scenarios import scenario_path
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = REPO / "tests" / "scenarios"
-LAB_SCENARIO = SCENARIOS / "lab-three-agents.yaml"
+LAB_SCENARIO = scenario_path("lab-three-agents")
 LOCK_NAME = "pve-balancer"
 
 T = TypeVar("T")
@@ -242,9 +253,16 @@ def agent_env() -> dict[str, str]:
 
 # --------------------------------------------------------------- the cluster
 
+FILE_SYSTEMS = ("emulator", "real")
+# Files `pvesim serve` lays out per node that the agent reads from /etc/pve.
+HANDED_OVER = ("pve-root-ca.pem", "priv/pve-balancer.token", "balancer.yaml")
+
+
 @dataclass
-class Lab:
-    """A running `pvesim serve --pmxcfs` and its agents."""
+class ProcessLab:
+    """A running `pvesim serve`, the file system under /etc/pve (the pmxcfs
+    emulator or the real pmxcfs), and the agents, each a real process (the
+    in-process counterpart is `simlab.inprocess.InProcessLab`)."""
 
     proc: subprocess.Popen[bytes]
     conn: dict[str, Any]
@@ -252,22 +270,52 @@ class Lab:
     timing: Timing
     start_time: float
     agents: dict[str, list[Agent]] = field(default_factory=dict)
+    fs: str = "emulator"
+    cluster: Any = None  # tests.real_pmxcfs.cluster.RealCluster when fs == "real"
 
     @classmethod
     def start(cls, workdir: Path, scenario: Path, timing: Timing, speed: float = 1.0,
-              extra: Iterable[str] = (), wait: float = 90.0) -> Lab:
+              extra: Iterable[str] = (), wait: float = 90.0, fs: str = "emulator") -> ProcessLab:
+        if fs not in FILE_SYSTEMS:
+            raise ValueError(f"fs must be one of {FILE_SYSTEMS}, not {fs!r}")
         require_fuse()
         workdir.mkdir(parents=True, exist_ok=True)
+        cluster = None
+        if fs == "real":
+            from tests.real_pmxcfs.cluster import RealCluster
+
+            if timing.lifetime != 120:
+                raise ValueError("the real pmxcfs has a fixed 120 s lock lifetime")
+            cluster = RealCluster(workdir / "cluster").start()
+        try:
+            lab = cls._serve(workdir, scenario, timing, speed, extra, wait, fs)
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            raise
+        lab.cluster = cluster
+        if cluster is not None:
+            try:
+                lab._hand_over()
+            except BaseException:
+                lab.stop()
+                raise
+        return lab
+
+    @classmethod
+    def _serve(cls, workdir: Path, scenario: Path, timing: Timing, speed: float,
+               extra: Iterable[str], wait: float, fs: str) -> ProcessLab:
         # A short state dir: the emulator's control socket lives next to it.
         state = Path(tempfile.mkdtemp(prefix="lab-", dir="/tmp"))
         conn_path = workdir / "connection.json"
         conn_path.unlink(missing_ok=True)  # never read a previous run's file
         log_path = workdir / "serve.log"
         start_time = float(yaml.safe_load(scenario.read_text())["start_time"])
+        pmxcfs = ["--pmxcfs", "--pmxcfs-lifetime", str(timing.lifetime)] \
+            if fs == "emulator" else []
         cmd = [sys.executable, "-m", "pvesim", "serve", "--scenario", str(scenario),
-               "--connection-file", str(conn_path), "--pmxcfs", "--isolated-api", "local",
-               "--pmxcfs-lifetime", str(timing.lifetime), "--speed", f"{speed:g}",
-               "--state-dir", str(state), *extra]
+               "--connection-file", str(conn_path), *pmxcfs, "--isolated-api", "local",
+               "--speed", f"{speed:g}", "--state-dir", str(state), *extra]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(guarded(cmd), cwd=REPO, env=agent_env(), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -285,7 +333,19 @@ class Lab:
                                      f"{log_path.read_text()}")
             time.sleep(0.05)
         conn = json.loads(conn_path.read_text())
-        return cls(proc=proc, conn=conn, workdir=workdir, timing=timing, start_time=start_time)
+        return cls(proc=proc, conn=conn, workdir=workdir, timing=timing, start_time=start_time,
+                   fs=fs)
+
+    def _hand_over(self) -> None:
+        """The simulator's CA, agent token and balancer.yaml into the real
+        /etc/pve (one tree: written once, on the first node)."""
+        first = self.nodes[0]
+        source = Path(self.conn["nodes"][first]["pve_root"])
+        target = self.cluster.pve_root(first)
+        for rel in HANDED_OVER:
+            if (source / rel).exists():
+                # in place: pmxcfs fixes the modes itself and refuses chmod
+                (target / rel).write_bytes((source / rel).read_bytes())
 
     # -- controls and views
     @property
@@ -297,6 +357,9 @@ class Lab:
         return list(self.conn["nodes"])
 
     def pve_root(self, node: str) -> Path:
+        """`node`'s /etc/pve as seen from this process."""
+        if self.cluster is not None:
+            return Path(self.cluster.pve_root(node))
         return Path(self.conn["nodes"][node]["pve_root"])
 
     def sim_now(self) -> float:
@@ -305,11 +368,71 @@ class Lab:
     def lock_status(self) -> dict[str, Any] | None:
         """The emulator's view of the balancer lock: writer node, age in
         seconds since its create/last renew, expired; None when absent."""
+        if self.cluster is not None:
+            raise AssertionError("the real pmxcfs does not tell a lock's writer or age")
         answer = pmxcfs_send(str(self.conn["pmxcfs_control"]), {"op": "status"})
         if not answer.get("ok"):
             raise AssertionError(f"pmxcfs status failed: {answer}")
         lock = answer.get("locks", {}).get(LOCK_NAME)
         return dict(lock) if lock else None
+
+    def lock_mtime(self, view: str) -> float | None:
+        """The lock's mtime as `view`'s /etc/pve shows it (None: absent).
+        On the real pmxcfs it is what the last take or renew wrote: the
+        agent's clock in whole seconds, rounded down."""
+        try:
+            return os.stat(self.pve_root(view) / "priv" / "lock" / LOCK_NAME).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def last_renew(self, node: str) -> float:
+        """Wall time of the lock's last create/renew, once `node`'s writes
+        have stopped (killed or cut off). Emulator: from its status (the
+        writer must be `node`). Real pmxcfs: the lock's mtime seen from
+        another, quorate node, so up to 1 s before the real renew."""
+        time.sleep(0.3)  # a syscall in flight at the kill is done by now
+        if self.cluster is None:
+            before = time.time()
+            lock = self.lock_status()
+            after = time.time()
+            assert lock is not None, "the lock is gone"
+            assert lock["writer"] == node, lock
+            return (before + after) / 2 - float(lock["age"])
+        time.sleep(1.1)  # past pmxcfs's 1 s attribute cache
+        view = next(n for n in self.nodes if n != node and self.cluster.quorate(n))
+        mtime = self.lock_mtime(view)
+        assert mtime is not None, "the lock is gone"
+        return mtime
+
+    # -- the file system's controls
+    def cut(self, node: str) -> None:
+        """`node` loses the cluster network: in the simulator (its API keeps
+        answering its own agent, `--isolated-api local`) and in the file
+        system (emulator: quorum through the simulator; real: its corosync
+        links)."""
+        if self.cluster is not None:
+            self.cluster.cut(node)
+        self.ctl.network(node, up=False)
+
+    def heal(self, node: str) -> None:
+        if self.cluster is not None:
+            self.cluster.heal(node)
+        self.ctl.network(node, up=True)
+
+    def stop_pmxcfs(self, node: str) -> None:
+        """`node`'s pmxcfs stops (its /etc/pve is unmounted)."""
+        if self.cluster is not None:
+            self.cluster.stop_pmxcfs(node)
+        else:
+            pmxcfs_send(str(self.conn["pmxcfs_control"]), {"op": "unmount_node", "node": node})
+
+    def start_pmxcfs(self, node: str) -> None:
+        if self.cluster is not None:
+            self.cluster.start_pmxcfs(node)
+        else:
+            answer = pmxcfs_send(str(self.conn["pmxcfs_control"]),
+                                 {"op": "mount_node", "node": node})
+            assert answer.get("ok"), answer
 
     def requests(self) -> list[dict[str, Any]]:
         return list(self.ctl.requests()["entries"])
@@ -340,9 +463,12 @@ class Lab:
         info = self.conn["nodes"][node]
         n = len(self.agents.get(node, []))
         log_path = self.workdir / f"agent-{node}-{n}.log"
-        cmd = [sys.executable, "-m", "pve_balancer", "--pve-root", info["pve_root"],
+        root = "/etc/pve" if self.cluster is not None else info["pve_root"]
+        cmd = [sys.executable, "-m", "pve_balancer", "--pve-root", root,
                "--node", node, "--api-url", info["api_url"], "run", *timing.agent_args(),
                *extra]
+        if self.cluster is not None:  # on the node: its mount and UTS namespaces
+            cmd = self.cluster.command(node, cmd, cwd=REPO)
         proc = subprocess.Popen(guarded(cmd), cwd=REPO, env=agent_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         agent = Agent(node=node, proc=proc, log_path=log_path, started=time.time())
@@ -423,4 +549,6 @@ class Lab:
         cleanup_mounts(state)
         if not mounted_fuse_paths(state):
             shutil.rmtree(state, ignore_errors=True)
+        if self.cluster is not None:
+            self.cluster.stop()
         return rc

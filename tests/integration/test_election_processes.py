@@ -113,7 +113,10 @@ class Contender:
         return max(r["renew"] for r in self.read() if r.get("renew") is not None)
 
 
-class Lab:
+class ElectionLab:
+    """A pmxcfs emulator and election contender processes on its mounts
+    (no simulator, no agent loop: only the lock protocol)."""
+
     def __init__(self, emu: Any, tmp: Path, timing: Timing) -> None:
         self.emu, self.tmp, self.timing = emu, tmp, timing
         self.contenders: list[Contender] = []
@@ -185,14 +188,14 @@ class Lab:
 def lab_factory(tmp_path: Path) -> Iterator[Any]:
     from tests.pmxcfs.support import running_emulator
 
-    labs: list[Lab] = []
+    labs: list[ElectionLab] = []
     stack: list[Any] = []
 
-    def make(timing: Timing) -> Lab:
+    def make(timing: Timing) -> ElectionLab:
         cm = running_emulator(tmp_path, manual_clock=False, lifetime=timing.lifetime)
         emu = cm.__enter__()
         stack.append(cm)
-        lab = Lab(emu, tmp_path, timing)
+        lab = ElectionLab(emu, tmp_path, timing)
         labs.append(lab)
         return lab
 
@@ -203,7 +206,7 @@ def lab_factory(tmp_path: Path) -> Iterator[Any]:
         cm.__exit__(None, None, None)
 
 
-def start_three(lab: Lab) -> Contender:
+def start_three(lab: ElectionLab) -> Contender:
     for node in ("pve1", "pve2", "pve3"):
         lab.spawn(node)
     return lab.one_leader()
@@ -230,7 +233,7 @@ def test_sigterm_hands_over_within_one_retry(lab_factory: Any) -> None:
     lab.assert_never_two_leaders()
 
 
-def assert_crash_takeover(lab: Lab, leader: Contender) -> float:
+def assert_crash_takeover(lab: ElectionLab, leader: Contender) -> float:
     last_renew = leader.last_renew()
     leader.killed_at = time.time()
     leader.proc.send_signal(signal.SIGKILL)

@@ -129,7 +129,7 @@ def test_deb_builds_on_trixie_lintian_clean_with_only_the_agent_inside(built: Bu
     python = sorted({p.split("/")[5] for p in paths
                      if p.startswith("./usr/lib/python3/dist-packages/") and p.count("/") > 5})
     assert python == ["pve_balancer", "pve_balancer-0.1.0.dist-info"]
-    assert not [p for p in paths if "pvesim" in p or "/tests/" in p]
+    assert not [p for p in paths if "pvesim" in p or "simlab" in p or "/tests/" in p]
     for wanted in ("./usr/bin/pve-balancer", "." + UNIT,
                    "./usr/share/man/man8/pve-balancer.8.gz",
                    "./usr/share/pve-balancer/balancer.yaml.example",

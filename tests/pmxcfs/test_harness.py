@@ -141,3 +141,27 @@ def test_emulator_goes_away_with_a_killed_parent(tmp_path: Path) -> None:
         if parent.poll() is None:
             parent.kill()
         cleanup_mounts(base)
+
+
+def test_one_nodes_pmxcfs_stops_and_starts_while_the_others_serve(tmp_path: Path) -> None:
+    """unmount_node/mount_node: that node's /etc/pve is an empty directory
+    in between, the tree (and its locks) survive, the process keeps running;
+    the lowest-id quorate node's start restarts the lock lifetimes."""
+    with running_emulator(tmp_path) as emu:
+        lock = "priv/lock/pve-balancer"
+        os.mkdir(emu.mounts["pve2"] / lock)
+        emu.advance(100)
+        emu.unmount_node("pve2")
+        assert os.listdir(emu.mounts["pve2"]) == []
+        assert (emu.mounts["pve1"] / lock).is_dir()
+        with pytest.raises(EmulatorError, match="is mounted"):
+            emu.mount_node("pve1")
+        assert emu.mount_node("pve2") is False  # not the lowest id: clock untouched
+        assert (emu.mounts["pve2"] / lock).is_dir()
+        assert emu.status()["locks"]["pve-balancer"]["age"] == 100
+        os.utime(emu.mounts["pve2"] / lock, (0, int(emu.now())))  # still pve2's lock
+        emu.advance(50)
+        emu.unmount_node("pve1")
+        assert emu.pid is not None and emu.proc is not None and emu.proc.poll() is None
+        assert emu.mount_node("pve1") is True
+        assert emu.status()["locks"]["pve-balancer"]["age"] == 0

@@ -104,7 +104,7 @@ def proxmox_client(host_port: str, token: str, verify: Any = False, timeout: flo
 
 
 @dataclass
-class Lab:
+class ServeLab:
     """A running `python -m pvesim serve` process."""
 
     proc: subprocess.Popen[bytes]
@@ -128,7 +128,7 @@ class Lab:
         return self.proc.wait(timeout=wait)
 
 
-def start_lab(tmp: Path, scenario: Path, *extra: str, wait: float = 60.0) -> Lab:
+def start_lab(tmp: Path, scenario: Path, *extra: str, wait: float = 60.0) -> ServeLab:
     tmp.mkdir(parents=True, exist_ok=True)
     conn_path = tmp / "connection.json"
     log_path = tmp / "serve.log"
@@ -149,16 +149,16 @@ def start_lab(tmp: Path, scenario: Path, *extra: str, wait: float = 60.0) -> Lab
             raise AssertionError(f"no connection file after {wait} s:\n{log_path.read_text()}")
         time.sleep(0.05)
     conn = json.loads(conn_path.read_text())
-    return Lab(proc, conn, conn_path, log_path)
+    return ServeLab(proc, conn, conn_path, log_path)
 
 
 @pytest.fixture
 def spawn_lab() -> Iterator[Any]:
     """`start_lab`, with every lab still running at teardown killed (so a
     failing test leaves no server behind)."""
-    labs: list[Lab] = []
+    labs: list[ServeLab] = []
 
-    def spawn(tmp: Path, scenario: Path, *extra: str) -> Lab:
+    def spawn(tmp: Path, scenario: Path, *extra: str) -> ServeLab:
         lab = start_lab(tmp, scenario, *extra)
         labs.append(lab)
         return lab

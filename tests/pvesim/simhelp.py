@@ -4,21 +4,20 @@ scenario dict or a named scenario and call its API in-process."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from pvesim.cluster import Simulator
 from pvesim.protocol import ApiRequest
 from pvesim.scenario import Scenario
+from tests.scenarios import scenario_path
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 AGENT = "pve-balancer@pve!agent"
 ADMIN = "root@pam!admin"
 AUDIT = "auditor@pve!audit"
 
 
 def named(name: str, seed: int = 0) -> Simulator:
-    return Simulator.from_file(SCENARIOS / f"{name}.yaml", seed=seed)
+    return Simulator.from_file(scenario_path(name), seed=seed)
 
 
 def from_dict(d: dict[str, Any], seed: int = 0) -> Simulator:

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from pvesim.scenario import Scenario, ScenarioError, load_scenario, next_run
-from tests.pvesim.simhelp import SCENARIOS, named
+from pvesim.scenario import Scenario, ScenarioError, load_scenario
+from pvesim.schedule import next_run
+from tests.pvesim.simhelp import named
+from tests.scenarios import names, scenario_path
 
 BASE = {"nodes": [{"name": "pve1"}, {"name": "pve2"}], "guests": [{"vmid": 100, "node": "pve1"}]}
 
 
-@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_named_scenarios_load_and_run(path: Path) -> None:
-    sc = load_scenario(path)
+@pytest.mark.parametrize("name", names())
+def test_named_scenarios_load_and_run(name: str) -> None:
+    sc = load_scenario(scenario_path(name))
     assert sc.nodes and sc.description
-    sim = named(path.stem)
+    sim = named(name)
     sim.advance(60)
     assert sim.now == sc.start_time + 60
 

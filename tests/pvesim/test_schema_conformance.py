@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from pvesim.api import Route, routes
+from pvesim.api import routes
 from pvesim.cluster import Simulator
 from pvesim.protocol import ApiHandler, ApiRequest, ApiResponse
+from pvesim.routing import Route
 from pvesim.scenario import Scenario
 from tests.pvesim.schema_check import ApiSchema, Endpoint, check_params, check_response
 

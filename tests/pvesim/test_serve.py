@@ -20,7 +20,7 @@ from proxmoxer.core import ResourceException
 
 from pvesim.control import ControlClient, ControlError
 from pvesim.tls import ensure_pki
-from tests.pvesim.conftest import Lab, proxmox_client, start_lab
+from tests.pvesim.conftest import ServeLab, proxmox_client, start_lab
 
 SCENARIO = """
 name: wire-acceptance
@@ -43,7 +43,7 @@ def write_scenario(directory: Path, text: str = SCENARIO) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeLab]:
     tmp = tmp_path_factory.mktemp("serve")
     running = start_lab(tmp, write_scenario(tmp), "--speed", "4", "--seed", "3")
     yield running
@@ -61,7 +61,7 @@ def wait_for(what: str, probe: Any, limit: float = 60.0) -> Any:
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def test_connection_file_describes_the_lab(lab: Lab) -> None:
+def test_connection_file_describes_the_lab(lab: ServeLab) -> None:
     conn = lab.conn
     assert stat.S_IMODE(lab.conn_path.stat().st_mode) == 0o600
     assert conn["pid"] == lab.proc.pid
@@ -83,7 +83,7 @@ def test_connection_file_describes_the_lab(lab: Lab) -> None:
     assert conn["control_url"].startswith("http://127.0.0.1:")
 
 
-def test_list_cluster_resources(lab: Lab) -> None:
+def test_list_cluster_resources(lab: ServeLab) -> None:
     api = lab.client()
     items = api.cluster.resources.get()
     nodes = {i["node"] for i in items if i["type"] == "node"}
@@ -95,7 +95,7 @@ def test_list_cluster_resources(lab: Lab) -> None:
     assert {i["type"] for i in vms} == {"qemu"}
 
 
-def test_migration_followed_by_upid_to_ok(lab: Lab) -> None:
+def test_migration_followed_by_upid_to_ok(lab: ServeLab) -> None:
     ctl = ControlClient.from_connection(lab.conn)
     api = lab.client(node="pve2")  # any node's API can start it
     ctl.call("POST", "/pause")  # hold the clock so "running" is observed on any machine
@@ -130,7 +130,7 @@ def test_migration_followed_by_upid_to_ok(lab: Lab) -> None:
     assert done and done[0]["status"] == "OK"
 
 
-def test_missing_vm_migrate_privilege_is_403(lab: Lab) -> None:
+def test_missing_vm_migrate_privilege_is_403(lab: ServeLab) -> None:
     auditor = f"auditor@pve!audit={lab.conn['tokens']['auditor@pve!audit']}"
     api = proxmox_client(lab.host_port(), auditor, verify=lab.conn["ca_cert"])
     assert api.cluster.resources.get(type="vm")  # it may look
@@ -140,7 +140,7 @@ def test_missing_vm_migrate_privilege_is_403(lab: Lab) -> None:
     assert "VM.Migrate" in err.value.content
 
 
-def test_wrong_secret_is_401(lab: Lab) -> None:
+def test_wrong_secret_is_401(lab: ServeLab) -> None:
     api = proxmox_client(lab.host_port(), f"{lab.conn['token_id']}=not-the-secret",
                          verify=lab.conn["ca_cert"])
     with pytest.raises(ResourceException) as err:
@@ -148,20 +148,20 @@ def test_wrong_secret_is_401(lab: Lab) -> None:
     assert err.value.status_code == 401
 
 
-def test_certificate_verification_is_on(lab: Lab, tmp_path: Path) -> None:
+def test_certificate_verification_is_on(lab: ServeLab, tmp_path: Path) -> None:
     other_ca = ensure_pki(tmp_path, ["pve1"]).ca_cert_path
     api = proxmox_client(lab.host_port(), "x@pve!y=z", verify=str(other_ca))
     with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
         api.version.get()
 
 
-def test_control_needs_the_token(lab: Lab) -> None:
+def test_control_needs_the_token(lab: ServeLab) -> None:
     with pytest.raises(ControlError) as err:
         ControlClient(lab.conn["control_url"], "wrong").state()
     assert err.value.status == 401
 
 
-def test_control_faults_and_request_log(lab: Lab) -> None:
+def test_control_faults_and_request_log(lab: ServeLab) -> None:
     ctl = ControlClient.from_connection(lab.conn)
     api = lab.client(node="pve2")
     mark = ctl.requests()["next"]
@@ -182,7 +182,7 @@ def test_control_faults_and_request_log(lab: Lab) -> None:
                and e["status"] == 200 for e in entries)
 
 
-def test_control_power_and_network(lab: Lab) -> None:
+def test_control_power_and_network(lab: ServeLab) -> None:
     ctl = ControlClient.from_connection(lab.conn)
     assert ctl.state()["nodes"]["pve2"]["reachable"] is True
     before = ctl.state()["now"]
@@ -253,7 +253,7 @@ def test_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "connection.json").exists()
 
 
-def test_control_clock_and_routing_errors(lab: Lab) -> None:
+def test_control_clock_and_routing_errors(lab: ServeLab) -> None:
     ctl = ControlClient.from_connection(lab.conn)
     ctl.call("POST", "/speed", {"speed": 2})
     assert ctl.state()["speed"] == 2
@@ -298,7 +298,7 @@ def test_isolated_api_local_keeps_answering_its_own_agent(tmp_path: Path,
     assert lab.stop() == 0
 
 
-def test_serve_starts_the_simulated_clock_at_the_wall_clock(lab: Lab) -> None:
+def test_serve_starts_the_simulated_clock_at_the_wall_clock(lab: ServeLab) -> None:
     """Clients compare task and RRD times with their own clock, as on a real
     cluster, so a real-time lab must not live in another year."""
     now = ControlClient.from_connection(lab.conn).state()["now"]

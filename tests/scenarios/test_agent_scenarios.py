@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from pve_balancer.config import Config
-from tests.conftest import guest_spec, make_lab, nodes_spec
+from simlab.inprocess import make_lab
+from tests.conftest import guest_spec, nodes_spec
 
 
 def cpu_hotspot(ha: bool = False) -> dict[str, Any]:
@@ -294,10 +295,9 @@ def test_maintenance_node_and_pinned_guests_are_respected() -> None:
 
 
 def test_migrate_post_is_live_with_conntrack_state_on_pve9() -> None:
-    from pvesim.cluster import Simulator
-    from tests.conftest import attach_client, scenario_from
+    from simlab.inprocess import attach_client, simulator
 
-    sim = Simulator(scenario_from(cpu_hotspot()))
+    sim = simulator(cpu_hotspot(), warmup=0)
     seen: list[Any] = []
 
     class Recorder:

@@ -1,33 +1,47 @@
-"""The agent against the simulator's library of named scenarios
-(tests/scenarios/*.yaml), each for its whole duration.
+"""The agent against the library of named scenarios
+(tests/scenarios/<name>/scenario.yaml), each for its whole duration.
 
-Every run must keep the invariants an operator relies on; each scenario
-also has its own expected outcome (what its description promises).
+Three things are judged, each its own test so that a failure names what
+broke:
+- the journal: the run reproduces the scenario's `journal.expect` exactly;
+  on a mismatch the test shows the unified diff. After an intended change of
+  behaviour, rewrite the expected journals and review the diff:
+
+      .venv/bin/python -m tests.scenarios.golden --update [NAME ...]
+
+  (`tests.scenarios.golden` describes the run and the journal's format);
+- the invariants an operator relies on (no error, no refused POST, one
+  migration at a time and none during another one or a backup, no
+  ping-pong), read from the simulator;
+- the outcome the scenario's description promises, read from the
+  simulator's state and request log, not from what the agent says.
+
+Each scenario runs once per test session; the three tests read that run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Lab, make_lab
+from simlab.inprocess import AGENT_TOKEN, InProcessLab
+from tests.scenarios import LIBRARY, journal_path, names
+from tests.scenarios.golden import journal, mismatch, run
 
-HERE = Path(__file__).parent
 MIGRATION_TASKS = {"qmigrate", "hamigrate", "vzmigrate"}
 
 
-def agent_posts(lab: Lab) -> list[Any]:
-    return [r for r in lab.migrate_posts() if r.token_id == "pve-balancer@pve!agent"]
+def agent_posts(lab: InProcessLab) -> list[Any]:
+    return [r for r in lab.migrate_posts() if r.token_id == AGENT_TOKEN]
 
 
-def posted_vmids(lab: Lab) -> list[int]:
+def posted_vmids(lab: InProcessLab) -> list[int]:
     return [int(p.path.split("/")[4]) for p in agent_posts(lab)]
 
 
-def check_invariants(lab: Lab) -> None:
+def check_invariants(lab: InProcessLab) -> None:
     texts = [s for _, s in lab.sentences]
     assert not [s for s in texts if s.startswith("cycle failed")], "no unexpected error"
     assert all(p.status == 200 for p in agent_posts(lab)), "no refused POST"
@@ -47,65 +61,87 @@ def check_invariants(lab: Lab) -> None:
         left.setdefault(vmid, set()).add(source)
 
 
-def expect_balanced(lab: Lab) -> None:
+def expect_balanced(lab: InProcessLab) -> None:
     assert agent_posts(lab) == []
 
 
-def expect_cpu_hotspot(lab: Lab) -> None:
+def expect_cpu_hotspot(lab: InProcessLab) -> None:
     assert lab.node_of(101) == "pve1", "the hottest guest stays"
     assert len(agent_posts(lab)) == 1
     assert lab.agent.estimator.estimates().node_cpu["pve1"] < 0.8
 
 
-def expect_foreign(lab: Lab) -> None:
-    # the invariants already forbid POSTs during the foreign moves and the backup
-    assert any("migration running" in s or "backup" in s for _, s in lab.sentences)
+def expect_foreign(lab: InProcessLab) -> None:
+    # The others' moves and the backup really ran, and the agent moved
+    # nothing; the invariants forbid a POST while one of them ran.
+    tasks = {(t.type, t.id, t.user) for t in lab.sim.tasks}
+    assert ("qmigrate", "102", "root@pam") in tasks
+    assert any(kind == "hamigrate" and vmid == "201" for kind, vmid, _ in tasks)
+    assert any(kind == "vzdump" for kind, _, _ in tasks)
+    assert lab.node_of(102) == "pve2" and lab.node_of(201) == "pve3"
+    assert agent_posts(lab) == []
 
 
-def expect_ha(lab: Lab) -> None:
+def expect_ha(lab: InProcessLab) -> None:
     assert lab.node_of(101) != lab.node_of(102), "negative affinity kept"
     assert 103 not in posted_vmids(lab), "a guest named in an affinity rule is left alone"
 
 
-def expect_local_disks(lab: Lab) -> None:
+def expect_lab_three_agents(lab: InProcessLab) -> None:
+    # what tests/integration/test_multi_agent.py relies on: one move of a
+    # 6 GiB guest relieves pve1, the growing database stays
+    assert len(agent_posts(lab)) == 1
+    assert lab.node_of(107) == "pve1"
+    assert lab.mem_fraction("pve1") <= 0.8
+
+
+def expect_local_disks(lab: InProcessLab) -> None:
     assert set(posted_vmids(lab)) <= {106}
     assert len(lab.requests("GET", "/migrate")) >= 1
 
 
-def expect_memory_hotspot(lab: Lab) -> None:
+def expect_memory_hotspot(lab: InProcessLab) -> None:
     assert 1 <= len(agent_posts(lab)) <= 2
     assert lab.mem_fraction("pve1") <= 0.8
 
 
-def expect_proactive(lab: Lab) -> None:
+def expect_proactive(lab: InProcessLab) -> None:
     assert 1 <= len(agent_posts(lab)) <= 2
     fractions = [lab.mem_fraction(n) for n in ("pve1", "pve2", "pve3")]
     assert fractions[0] <= 1.2 * sum(fractions) / 3 + 1e-9
 
 
-EXPECTED: dict[str, Callable[[Lab], None]] = {
+OUTCOME: dict[str, Callable[[InProcessLab], None]] = {
     "balanced-3node": expect_balanced,
     "cpu-hotspot": expect_cpu_hotspot,
     "foreign-migration": expect_foreign,
     "ha-guest": expect_ha,
+    "lab-three-agents": expect_lab_three_agents,
     "local-disk-guest": expect_local_disks,
     "memory-hotspot": expect_memory_hotspot,
     "proactive-imbalance": expect_proactive,
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_named_scenario(name: str) -> None:
-    from pvesim.scenario import load_scenario
-
-    path = HERE / f"{name}.yaml"
-    duration = load_scenario(path).duration
-    lab = make_lab(path, warmup=0)
-    lab.run(duration)
-    check_invariants(lab)
-    EXPECTED[name](lab)
+@pytest.mark.parametrize("name", names())
+def test_journal_is_the_golden_one(name: str) -> None:
+    problem = mismatch(name, journal(run(name)))
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
 
 
-def test_every_named_scenario_has_an_expectation() -> None:
-    names = {p.stem for p in HERE.glob("*.yaml")} - {"lab-three-agents"}
-    assert names <= set(EXPECTED), names - set(EXPECTED)
+@pytest.mark.parametrize("name", names())
+def test_invariants_hold(name: str) -> None:
+    check_invariants(run(name))
+
+
+@pytest.mark.parametrize("name", sorted(OUTCOME))
+def test_outcome_is_the_promised_one(name: str) -> None:
+    OUTCOME[name](run(name))
+
+
+def test_every_named_scenario_has_a_journal_and_an_outcome() -> None:
+    assert names() == sorted(OUTCOME)
+    assert [n for n in names() if not journal_path(n).is_file()] == []
+    assert sorted(p.name for p in LIBRARY.glob("*.yaml")) == [], \
+        "a named scenario is a directory: <name>/scenario.yaml"

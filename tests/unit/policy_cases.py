@@ -537,19 +537,27 @@ RULES: tuple[Rule, ...] = (
              (102, "pve2")),
     ),
     Rule(
-        "cpu_move_must_not_flip_past_midpoint",
+        "cpu_relief_needs_no_midpoint_only_the_target_limit",
+        # 102 (0.2) takes pve2 to 0.72, past the midpoint 0.71 but under the
+        # target limit 0.75 and under pve1's 0.9: the highest utilisation
+        # drops and pve1's episode ends. At 0.56 pve2 would end above 0.75.
         Case(
-            cluster((node("pve1", 0.9), node("pve2", 0.52)),
+            cluster((node("pve1", 0.9), node("pve2", 0.56)),
                     (vm(101, "pve1", 0.9), vm(102, "pve1", 0.4))),
             None,
-            "vm 102 would flip the imbalance on pve2 (0.72 > midpoint 0.71)",
+            "vm 102 would put pve2 cpu at 0.76 > 0.75 (cpu_max - safety_margin)",
             Mode.CPU,
         ),
         Case(
-            cluster((node("pve1", 0.9), node("pve2", 0.48)),
+            cluster((node("pve1", 0.9), node("pve2", 0.52)),
                     (vm(101, "pve1", 0.9), vm(102, "pve1", 0.4))),
             (102, "pve2"),
         ),
+    ),
+    Rule(
+        "a_moved_guest_never_returns_to_the_node_it_left_within_return_block",
+        Case(CPU, (102, "pve3"), state=PolicyState(came_from={102: ("pve2", NOW - 3600)})),
+        Case(CPU, (102, "pve2"), state=PolicyState(came_from={102: ("pve2", NOW - 4 * 3600)})),
     ),
     Rule(
         "memory_move_must_not_flip_past_midpoint_in_bytes",

@@ -1,22 +1,27 @@
 """The agent tells the policy when it last asked PVE to migrate each guest
 (`PolicyState.last_moved`), so proactive mode can rest those guests for
-`PROACTIVE_REST` seconds; the record outlives the shorter `vm_cooldown`."""
+`PROACTIVE_REST` seconds; the record outlives the shorter `vm_cooldown`.
+
+The situations are those of `test_agent_cycle` (a simulated cluster, the
+real client); what the agent asked is read from the simulator's request log.
+"""
 
 from __future__ import annotations
 
 from pve_balancer.config import Config
 from pve_balancer.policy import PROACTIVE_REST
-from pve_balancer.pve import PveError
 
-from .test_agent_cycle import FakeClient, agent, posts
+from .test_agent_cycle import lab_with, memory_hot, refuse_migrations, vmid_of
 
 
 def test_a_started_migration_is_remembered_for_the_proactive_rest() -> None:
-    client = FakeClient()
-    a = agent(client, config=Config(seed=3, vm_cooldown=60))
+    lab = lab_with(memory_hot(), config=Config(seed=3, vm_cooldown=60))
+    a = lab.agent
     posted_at = a.env.now()
     assert "started task" in a.run_cycle().sentence
-    vmid = int(posts(client)[0].split()[1])
+    [post] = lab.migrate_posts()
+    assert post.status == 200 and post.time == posted_at
+    vmid = vmid_of(post)
     assert a._policy_state(posted_at).last_moved == {vmid: posted_at}
     # past the cooldown, still within the rest
     later = posted_at + PROACTIVE_REST - 1
@@ -29,22 +34,17 @@ def test_a_started_migration_is_remembered_for_the_proactive_rest() -> None:
 
 
 def test_a_refused_migration_counts_as_tried() -> None:
-    client = FakeClient()
-
-    def refuse(node: str, vmid: int, target: str) -> str:
-        client.calls.append(f"POST {vmid} {target}")
-        raise PveError("HTTP 500 busy", status=500)
-
-    client.migrate = refuse  # type: ignore[method-assign]
-    a = agent(client)
+    lab = lab_with(memory_hot())
+    refused = refuse_migrations(lab, range(101, 106))
+    a = lab.agent
     posted_at = a.env.now()
     assert "could not start" in a.run_cycle().sentence
-    vmid = int(posts(client)[0].split()[1])
+    [vmid] = [v for v, rule in refused.items() if rule.fired]
     assert a._policy_state(posted_at + 1).last_moved == {vmid: posted_at}
 
 
 def test_no_post_no_record() -> None:
-    client = FakeClient()
-    a = agent(client, config=Config(seed=3, dry_run=True))
+    lab = lab_with(memory_hot(), config=Config(seed=3, dry_run=True))
+    a = lab.agent
     assert "dry run, not started" in a.run_cycle().sentence
-    assert posts(client) == [] and a.last_moved == {}
+    assert lab.requests("POST") == [] and a.last_moved == {}

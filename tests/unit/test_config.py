@@ -31,7 +31,9 @@ def test_empty_file_means_defaults(text: str) -> None:
 
 
 def test_missing_file_means_defaults(tmp_path: Path) -> None:
-    assert load_config(tmp_path / "balancer.yaml") == LoadResult(Config(), ())
+    result = load_config(tmp_path / "balancer.yaml")
+    assert result == LoadResult(Config(), (), missing=True)
+    assert not result.unreadable and result.ok
 
 
 def test_defaults_match_the_policy() -> None:
@@ -197,7 +199,8 @@ def test_unreadable_file_is_fatal(tmp_path: Path) -> None:
     result = load_config(tmp_path)  # a directory
     problem = only(result)
     assert result.config is None and problem.fatal and problem.source == str(tmp_path)
-    assert problem.message.startswith("cannot read")
+    assert result.unreadable and not result.missing
+    assert problem.message == "cannot read: a directory, not a file"
 
 
 def test_non_utf8_is_fatal_with_line(tmp_path: Path) -> None:
@@ -209,9 +212,9 @@ def test_non_utf8_is_fatal_with_line(tmp_path: Path) -> None:
 
 def test_load_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "balancer.yaml"
-    path.write_text("cpu_max: 2\n")
+    path.write_text("interval: 600\n")
     result = load_config(path)
-    assert str(only(result)) == f"{path}:1: cpu_max: 2 is above the maximum, clamped to 0.9"
+    assert str(only(result)) == f"{path}:1: interval: 600 is above the maximum, clamped to 60"
 
 
 def test_example_file_parses_to_the_defaults() -> None:
@@ -236,3 +239,41 @@ def test_key_without_value_keeps_its_default_with_a_warning() -> None:
         "balancer.yaml:4: exclude_tag: no value given, the default pve-balancer-exclude is used",
     ]
     assert result.config == Config()
+
+
+FRACTIONS = ("cpu_max", "memory_max", "safety_margin", "proactive_margin")
+
+
+@pytest.mark.parametrize(("key", "given", "meant"), [
+    ("cpu_max", "80", "0.80"), ("memory_max", "85.0", "0.85"), ("cpu_max", "100", "1.00"),
+    ("safety_margin", "5", "0.05"), ("proactive_margin", "12.5", "0.125"),
+    ("memory_max", "1.5", "0.015"),
+])
+def test_a_percentage_for_a_fraction_is_an_error(key: str, given: str, meant: str) -> None:
+    result = parse_config(f"# thresholds\n{key}: {given}\n")
+    assert result.config is None
+    problem = only(result)
+    assert problem.fatal and problem.line == 2 and problem.key == key
+    shown = given.removesuffix(".0")
+    assert str(problem) == (
+        f"balancer.yaml:2: {key}: {shown} looks like a percentage; did you mean {meant}?")
+
+
+@pytest.mark.parametrize("key", FRACTIONS)
+def test_percent_rule_bounds(key: str) -> None:
+    # 1 itself and anything above 100 are not read as percentages: clamped
+    for value in ("1", "1.0", "101", "1000"):
+        result = parse_config(f"{key}: {value}\n")
+        assert result.config is not None and not only(result).fatal, (key, value)
+
+
+def test_non_fraction_keys_are_not_percentages() -> None:
+    result = parse_config("interval: 30\nproactive_factor: 1.5\nvm_cooldown: 80\n")
+    assert result.problems == () and result.config == Config(
+        interval=30.0, proactive_factor=1.5, vm_cooldown=80.0)
+
+
+def test_every_fraction_key_has_a_range_within_zero_and_one() -> None:
+    for key in FRACTIONS:
+        low, high = RANGES[key]
+        assert low is not None and high is not None and 0 <= low < high <= 1, key

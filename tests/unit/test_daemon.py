@@ -212,3 +212,55 @@ def test_sighup_reload_is_framed_by_reloading_and_ready() -> None:
     assert agent.reloads == 1
     assert sent[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
     assert sent[1] == "READY=1", "systemctl reload returns once the reload is done"
+
+
+def test_sighup_on_a_file_that_once_crashed_the_parser_keeps_the_daemon(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+
+    def connect() -> PveClient:
+        raise OSError("connection refused")
+
+    path = tmp_path / "balancer.yaml"
+    path.write_text("interval: 2\ndry_run: true\n")
+    source = ConfigSource(path)
+    env = PveEnvironment(node="pve1", connect=connect, election=AlwaysLeader(), clock=clock)
+    sent: list[str] = []
+    daemon = Daemon(Agent(env, source), clock, Notifier(lambda s: sent.append(s) or True))
+    daemon.run_once()
+    assert source.config == Config(interval=2.0, dry_run=True)
+    path.write_text("interval: 2\nexclude_nodes: " + "[" * 1000 + "\n")
+    daemon.request_reload()
+    sent.clear()
+    with caplog.at_level(logging.INFO, logger="pve_balancer"):
+        daemon.run_once()
+        daemon.run_once()
+    assert daemon.cycles == 3
+    assert source.config == Config(interval=2.0, dry_run=True), "last good kept"
+    assert "rejected; keeping the previous configuration" in caplog.text
+    assert sent[0].startswith("RELOADING=1") and sent[1] == "READY=1"
+
+
+class FailingReload(ScriptedAgent):
+    def reload(self) -> bool:
+        self.reloads += 1
+        raise RuntimeError("reload blew up")
+
+
+def test_an_exception_from_reload_is_logged_once_and_the_loop_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    agent = FailingReload(clock, [0.1] * 3)
+    sent: list[str] = []
+    daemon = Daemon(agent, clock, Notifier(lambda s: sent.append(s) or True))  # type: ignore[arg-type]
+    daemon.request_reload()
+    with caplog.at_level(logging.INFO, logger="pve_balancer"):
+        assert daemon.run(max_cycles=3) == 0
+    assert agent.reloads == 1 and len(agent.starts) == 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert errors[0].getMessage() == (
+        "re-reading the configuration failed (RuntimeError: reload blew up); the "
+        "configuration in force is kept")
+    assert sent[:2] == [sent[0], "READY=1"] and sent[0].startswith("RELOADING=1"), \
+        "systemctl reload still returns"

@@ -13,7 +13,8 @@ from pve_balancer.election import PmxcfsElection
 
 def test_missing_pve_root_is_a_standby_sentence_not_an_exception(tmp_path: Path) -> None:
     e = PmxcfsElection(tmp_path / "not-mounted", "pve1")
-    assert e.tick(1000.0) == "standby: cannot take the lock: mkdir failed (ENOENT)"
+    assert e.tick(1000.0) == (f"standby: cannot read {tmp_path}/not-mounted/priv/lock "
+                              "(ENOENT); is pmxcfs running?")
     assert e.tick(1010.0) is None  # same state: no new sentence
     assert not e.is_leader
     assert e.confirm(1010.0) is False
@@ -58,3 +59,21 @@ def test_a_broken_clock_means_not_leader(tmp_path: Path) -> None:
 def test_bad_timing_is_refused_by_name(tmp_path: Path, kwargs: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         PmxcfsElection(tmp_path, "pve1", **kwargs)
+
+
+def test_an_unreadable_root_stops_the_leader_once_and_it_resumes_after(tmp_path: Path) -> None:
+    """pmxcfs stopping leaves an empty mount point: the leader steps down in
+    that tick, says so once, tries nothing, and resumes its lock once the
+    tree is back (a plain directory stands in for the mount here)."""
+    lock_dir = tmp_path / "priv" / "lock"
+    lock_dir.mkdir(parents=True)
+    e = PmxcfsElection(tmp_path, "pve1", retry_interval=5.0)
+    assert e.tick(1000.0) == "became leader (lock acquired)"
+    (tmp_path / "priv").rename(tmp_path / "gone")
+    said = e.tick(1005.0)
+    assert said == (f"stepped down: cannot read {lock_dir} (ENOENT); is pmxcfs running?")
+    assert not e.is_leader
+    assert [e.tick(1005.0 + 5 * i) for i in range(1, 4)] == [None, None, None]
+    assert not (tmp_path / "priv").exists()  # no attempt recreated anything
+    (tmp_path / "gone").rename(tmp_path / "priv")
+    assert e.tick(1030.0) == "became leader (resumed the lock this node holds)"

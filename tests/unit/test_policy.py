@@ -148,13 +148,13 @@ def test_memory_mode_order_does_not_depend_on_listing_order() -> None:
 
 
 def test_no_favourable_outcome_names_the_blocking_rule() -> None:
-    snap = cluster((node("pve1", 0.91), node("pve2", 0.53)),
+    snap = cluster((node("pve1", 0.91), node("pve2", 0.57)),
                    (vm(101, "pve1", 0.9), vm(104, "pve1", 0.4)))
     decision = run(Case(snap, None))
     assert decision.migration is None and decision.mode is Mode.CPU
     assert decision.reason == (
         "pve1 above cpu_max (0.91 > 0.80) but no favourable migration: "
-        "vm 104 would flip the imbalance on pve2 (0.73 > midpoint 0.72)"
+        "vm 104 would put pve2 cpu at 0.77 > 0.75 (cpu_max - safety_margin)"
     )
 
 
