@@ -70,7 +70,7 @@ class Config:
     proactive_factor: float = 1.2
     proactive_margin: float = 0.10
     proactive_band: float = 0.10
-    proactive_hold: float = 300.0
+    proactive_hold: float = 30.0
     vm_cooldown: float = 900.0
     exclude_tag: str = "pve-balancer-exclude"
     exclude_nodes: frozenset[str] = field(default_factory=frozenset)

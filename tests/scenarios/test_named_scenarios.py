@@ -113,7 +113,7 @@ def expect_proactive_refused(lab: InProcessLab) -> None:
 def expect_proactive_near_max(lab: InProcessLab) -> None:
     posts = agent_posts(lab)
     assert len(posts) == 1, "one move takes pve1 out of the risk band"
-    assert posts[0].time - lab.started_at >= 300, "not before proactive_hold"
+    assert posts[0].time - lab.started_at >= 30, "not before proactive_hold"
     assert lab.mem_fraction("pve1") < 0.70
 
 

@@ -141,7 +141,7 @@ MEM = cluster(MEM_NODES, MEM_GUESTS)
 
 # Proactive: all below the maxima; pve1 (0.75) above max(1.2 x mean 0.47,
 # mean + 0.10) = 0.57, within proactive_band (0.10) of memory_max, and at
-# risk for proactive_hold (ARMED: since 300 s).
+# risk for longer than proactive_hold (ARMED: since 300 s).
 PRO_NODES = (node("pve1", 0.3, 48), node("pve2", 0.3, 19.2), node("pve3", 0.3, 22.4))
 PRO = cluster(PRO_NODES, MEM_GUESTS)
 ARMED_SINCE = {f"pve{i}": NOW - 300 for i in range(1, 5)}
@@ -275,10 +275,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "proactive_waits_for_proactive_hold",
-        Case(PRO, None, "at risk for 299 s of proactive_hold 300 s",
-             state=PolicyState(pressure_since={"pve1": NOW - 299})),
+        Case(PRO, None, "at risk for 29 s of proactive_hold 30 s",
+             state=PolicyState(pressure_since={"pve1": NOW - 29})),
         Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE,
-             state=PolicyState(pressure_since={"pve1": NOW - 300})),
+             state=PolicyState(pressure_since={"pve1": NOW - 30})),
     ),
     Rule(
         "proactive_only_when_no_node_above_a_maximum",
