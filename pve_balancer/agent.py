@@ -33,7 +33,14 @@ from .ema import CpuEstimator
 from .env import Environment
 from .executor import InFlight
 from .model import Decision, Estimates, Migration, Preconditions, Snapshot, Task
-from .policy import PROACTIVE_REST, PolicyState, decide, gave_up
+from .policy import (
+    PROACTIVE_REST,
+    RETURN_BLOCK,
+    PolicyState,
+    decide,
+    gave_up,
+    track_memory_pressure,
+)
 from .pve import PveError
 from .status import DecisionRecord, NodeRecord
 
@@ -99,6 +106,7 @@ class Agent:
         self.settle_after = ""
         self.cooldown_until: dict[int, float] = {}
         self.last_moved: dict[int, float] = {}  # vmid -> time of our migrate POST
+        self.came_from: dict[int, tuple[str, float]] = {}  # vmid -> (node it left, when)
         self.unmovable_until: dict[int, tuple[float, str]] = {}
         self._preconditions: dict[int, tuple[float, Preconditions]] = {}
         self._leading = False
@@ -106,6 +114,7 @@ class Agent:
         self._rng = random.Random()
         self._guest_since: dict[int, float] = {}
         self._guest_seeded: set[int] = set()
+        self.pressure_since: dict[str, float] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -131,11 +140,14 @@ class Agent:
         self.cooldown_until = cooldown
         unmovable = frozenset(v for v, (t, _) in self.unmovable_until.items() if t > now)
         self.last_moved = {v: t for v, t in self.last_moved.items() if now - t < PROACTIVE_REST}
+        self.came_from = {v: o for v, o in self.came_from.items() if now - o[1] < RETURN_BLOCK}
         warming = frozenset(v for v, since in self._guest_since.items()
                             if v not in self._guest_seeded and now - since < GUEST_WARMUP)
         return PolicyState(cooldown_until=dict(cooldown), unmovable=unmovable,
                            last_moved=dict(self.last_moved), settle_until=self.settle_until,
-                           settle_after=self.settle_after, warming=warming)
+                           settle_after=self.settle_after, warming=warming,
+                           pressure_since=dict(self.pressure_since),
+                           came_from=dict(self.came_from))
 
     # ------------------------------------------------------------ the cycle
 
@@ -180,6 +192,7 @@ class Agent:
         self.settle_until = 0.0
         self._guest_since = {}
         self._guest_seeded = set()
+        self.pressure_since = {}
         self.env.begin_term(now)
 
     def _end_term(self) -> None:
@@ -204,6 +217,7 @@ class Agent:
 
     def _lead(self, now: float, config: Config) -> CycleResult:
         snapshot, tasks = self._sample(now)
+        self.pressure_since = track_memory_pressure(self.pressure_since, snapshot, config)
         self._publish_nodes(snapshot, config)
         if self.inflight is not None:
             return self._follow(snapshot, tasks, config, now)
@@ -303,6 +317,7 @@ class Agent:
             if exc.status is None:
                 # No HTTP answer (timeout, reset): PVE may have started it.
                 # Follow the guest until that is known either way.
+                self.came_from[m.vmid] = (m.source, now)
                 self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source,
                                          target=m.target, mode=m.mode, upid="",
                                          ha=m.ha_managed, started=now, handed_over=True,
@@ -321,6 +336,7 @@ class Agent:
         # following it (leadership lost); renewed when the move ends.
         self.cooldown_until[m.vmid] = now + config.vm_cooldown
         self.last_moved[m.vmid] = now
+        self.came_from[m.vmid] = (m.source, now)
         self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source, target=m.target,
                                  mode=m.mode, upid=upid, ha=m.ha_managed, started=now)
         self._record(now, m, "started", decision.reason)

@@ -69,6 +69,8 @@ class Config:
     safety_margin: float = 0.05
     proactive_factor: float = 1.2
     proactive_margin: float = 0.10
+    proactive_band: float = 0.10
+    proactive_hold: float = 30.0
     vm_cooldown: float = 900.0
     exclude_tag: str = "pve-balancer-exclude"
     exclude_nodes: frozenset[str] = field(default_factory=frozenset)
@@ -281,6 +283,8 @@ _KEYS: dict[str, _Key] = {
     "safety_margin": _Key(_read_number, 0.0, 0.2, fraction=True),
     "proactive_factor": _Key(_read_number, 1.05, 2.0),
     "proactive_margin": _Key(_read_number, 0.0, 0.5, fraction=True),
+    "proactive_band": _Key(_read_number, 0.0, 0.5, fraction=True),
+    "proactive_hold": _Key(_read_number, 0.0, 3600.0),
     "vm_cooldown": _Key(_read_number, 0.0, None),
     "exclude_tag": _Key(_read_string),
     "exclude_nodes": _Key(_read_node_names),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from .config import Config
@@ -34,6 +34,23 @@ undo earlier ones (docs/benchmarks.md). One hour is also the window in which
 a return counts as a ping-pong. Saturation (CPU or memory mode) is not held
 back by it: relief comes first, and the ordinary `vm_cooldown` still applies."""
 
+SATURATED = 0.95
+"""A node whose CPU EMA is at least this is saturated: its guests are
+starved of CPU (PVE reports delivered CPU, which cannot exceed the host), so
+any move that fits elsewhere cuts that starvation by the moved share. Below
+it, a move that cannot bring the node back under `cpu_max` buys nothing."""
+
+RETURN_BLOCK = 4 * 3600.0
+"""Seconds during which a guest the balancer moved is never moved back to
+the node it left, in any mode: a return undoes the first migration and both
+were bought for nothing. Loads drift back and forth over a day; four hours
+covers the swings the benchmark days show (docs/benchmarks.md)."""
+
+PROACTIVE_HYSTERESIS = 0.02
+"""A node armed for proactive spread stays armed until its memory fraction is
+this far below both bars that armed it (the proactive threshold and the risk
+band), so a node hovering at a bar neither flaps nor waits out a new hold."""
+
 _GIB = float(1 << 30)
 _SHOWN_TARGETS = 3  # blockers named in a no-action reason, least utilised target first
 
@@ -52,7 +69,11 @@ class PolicyState:
     is; `settle_after` says which migration, for the journal. `warming` are
     the running guests whose CPU EMA is neither seeded from RRD nor backed by
     a minute of samples: a CPU move off a node with such guests would rest on
-    guesses about which VM is busiest, so it waits."""
+    guesses about which VM is busiest, so it waits. `pressure_since` is, per
+    node, since when its memory has been at risk (`track_memory_pressure`):
+    proactive spread waits until that has lasted `proactive_hold`.
+    `came_from[vmid]` is the node a guest left by the balancer's last move
+    of it and when (`RETURN_BLOCK`)."""
 
     cooldown_until: Mapping[int, float] = field(default_factory=dict)
     unmovable: frozenset[int] = frozenset()
@@ -60,6 +81,8 @@ class PolicyState:
     settle_until: float = 0.0
     settle_after: str = ""
     warming: frozenset[int] = frozenset()
+    pressure_since: Mapping[str, float] = field(default_factory=dict)
+    came_from: Mapping[int, tuple[str, float]] = field(default_factory=dict)
 
 
 # --- sanitised numbers -------------------------------------------------------
@@ -317,9 +340,14 @@ def _anti_affine(view: _View, guest: Guest, target: _Load) -> str | None:
 
 
 def _evaluate(
-    view: _View, mode: Mode, guest: Guest, source: _Load, target: _Load
+    view: _View, mode: Mode, guest: Guest, source: _Load, target: _Load, state: PolicyState
 ) -> Migration | _Rejection:
     """All favourable-outcome checks for moving `guest` from `source` to `target`."""
+    origin = state.came_from.get(guest.vmid)
+    if origin is not None and origin[0] == target.name and \
+            not view.snapshot.time - origin[1] >= RETURN_BLOCK:
+        return _Rejection(f"vm {guest.vmid} would return to {target.name}, which it left "
+                          f"{max(0.0, view.snapshot.time - origin[1]) / 60:.0f} min ago")
     clash = _anti_affine(view, guest, target)
     if clash is not None:
         return _Rejection(clash)
@@ -342,14 +370,13 @@ def _evaluate(
             f"vm {guest.vmid} would put {target.name} memory at "
             f"{_f(target_after.mem_fraction)} > memory_threshold {_f(view.memory_threshold)}"
         )
-    if mode is Mode.CPU:
-        midpoint = (source.cpu + target.cpu) / 2.0
-        if target_after.cpu > midpoint:
-            return _Rejection(
-                f"vm {guest.vmid} would flip the imbalance on {target.name} "
-                f"({_f(target_after.cpu)} > midpoint {_f(midpoint)})"
-            )
-    elif 2 * target_after.mem > source.mem + target.mem:
+    # CPU relief has no midpoint rule: the source is above cpu_max and the
+    # target ends at most at cpu_max - safety_margin, so the pair's highest
+    # utilisation always drops (what the midpoint rule exists for) and no new
+    # hot node is made. Requiring the target to end below the midpoint as
+    # well kept nodes hot for hours when the movable VMs were large
+    # (docs/policy.md, "CPU relief as a plan").
+    if mode is not Mode.CPU and 2 * target_after.mem > source.mem + target.mem:
         midpoint_bytes = (source.mem + target.mem) / 2.0
         return _Rejection(
             f"vm {guest.vmid} would flip the imbalance on {target.name} "
@@ -427,18 +454,22 @@ def _candidates(
     return movable, filtered, kept
 
 
+def _no_movable(source: _Load, filtered: Mapping[str, int], kept: Sequence[int]) -> _Rejection:
+    parts = [f"{count} {why}" for why, count in sorted(filtered.items())]
+    if kept:
+        parts = [f"busiest vm {kept[0]} kept"] + [
+            p for p in parts if not p.endswith("busiest vm kept")
+        ]
+    detail = f" ({', '.join(parts)})" if parts else ""
+    return _Rejection(f"no movable vm on {source.name}{detail}")
+
+
 def _try_source(
     view: _View, mode: Mode, source: _Load, state: PolicyState, rng: random.Random
 ) -> Migration | _Rejection:
     movable, filtered, kept = _candidates(view, mode, source, state, rng)
     if not movable:
-        parts = [f"{count} {why}" for why, count in sorted(filtered.items())]
-        if kept:
-            parts = [f"busiest vm {kept[0]} kept"] + [
-                p for p in parts if not p.endswith("busiest vm kept")
-            ]
-        detail = f" ({', '.join(parts)})" if parts else ""
-        return _Rejection(f"no movable vm on {source.name}{detail}")
+        return _no_movable(source, filtered, kept)
 
     targets, excluded = _targets(view, source)
     if not targets:
@@ -460,7 +491,7 @@ def _try_source(
             continue
         blocked: list[str] = []
         for target in targets:
-            outcome = _evaluate(view, mode, guest, source, target)
+            outcome = _evaluate(view, mode, guest, source, target, state)
             if isinstance(outcome, Migration):
                 return outcome
             blocked.append(outcome.text)
@@ -470,6 +501,124 @@ def _try_source(
             more = len(blocked) - _SHOWN_TARGETS
             first = _Rejection(shown + (f"; {more} more targets blocked" if more > 0 else ""))
     return first or idle or _Rejection(f"no movable vm on {source.name}")
+
+
+# --- CPU relief as a plan ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Moves off one hot source, each checked against the loads the earlier
+    ones leave behind, largest CPU share first (so the fewest moves)."""
+
+    source: _Load
+    moves: tuple[Migration, ...]
+    end_cpu: float  # the source's CPU EMA after every move
+    ends_episode: bool
+    targets: tuple[_Load, ...]  # the targets as the plan leaves them
+
+
+def _plan_relief(view: _View, source: _Load, state: PolicyState,
+                 rng: random.Random) -> _Plan | _Rejection:
+    """The fewest moves that take `source` back to `cpu_max` or below, or
+    the best partial plan when no set of moves does."""
+    movable, filtered, kept = _candidates(view, Mode.CPU, source, state, rng)
+    if not movable:
+        return _no_movable(source, filtered, kept)
+    targets, excluded = _targets(view, source)
+    if not targets:
+        detail = f": {', '.join(excluded)}" if excluded else ""
+        return _Rejection(f"no eligible target node{detail}")
+    limit = view.config.cpu_max
+    planned = {t.name: t for t in targets}
+    current = source
+    moves: list[Migration] = []
+    first: _Rejection | None = None
+    idle: _Rejection | None = None
+    for guest in movable:
+        if not current.cpu > limit:
+            break
+        benefit = view.share(guest, source)
+        if benefit < MIN_BENEFIT:
+            if idle is None:
+                idle = _Rejection(f"vm {guest.vmid} brings no tangible benefit "
+                                  f"(cpu share {_f(benefit)} < {_f(MIN_BENEFIT)})")
+            continue
+        blocked: list[str] = []
+        for target in sorted(planned.values(), key=lambda t: (t.cpu, t.name)):
+            outcome = _evaluate(view, Mode.CPU, guest, current, target, state)
+            if isinstance(outcome, Migration):
+                moves.append(outcome)
+                after = outcome.target_after
+                planned[target.name] = replace(target, cpu=after.cpu, mem=after.mem)
+                left = outcome.source_after
+                current = replace(current, cpu=left.cpu, mem=left.mem)
+                break
+            blocked.append(outcome.text)
+        else:
+            if first is None:
+                shown = "; ".join(blocked[:_SHOWN_TARGETS])
+                more = len(blocked) - _SHOWN_TARGETS
+                first = _Rejection(shown + (f"; {more} more targets blocked" if more > 0 else ""))
+    if not moves:
+        return first or idle or _Rejection(f"no movable vm on {source.name}")
+    return _Plan(source=source, moves=tuple(moves), end_cpu=current.cpu,
+                 ends_episode=not current.cpu > limit,
+                 targets=tuple(sorted(planned.values(), key=lambda t: t.name)))
+
+
+def _plan_text(plan: _Plan) -> str:
+    count = len(plan.moves)
+    return f"move 1 of {count} planned, {plan.source.name} to {_f(plan.end_cpu)}"
+
+
+def _no_plan_text(plan: _Plan, view: _View) -> str:
+    limit = view.cpu_limit
+    room = ", ".join(f"{t.name} {_f(max(0.0, limit - t.cpu))}" for t in plan.targets)
+    return (f"no set of moves brings {plan.source.name} to cpu_max: the best plan of "
+            f"{len(plan.moves)} ends at {_f(plan.end_cpu)} (cpu room below "
+            f"{_f(limit)}: {room})")
+
+
+def _decide_cpu(view: _View, trigger: _Trigger, state: PolicyState, rng: random.Random,
+                thresholds: dict[str, float]) -> Decision:
+    """CPU mode: start the first move of the fewest that end a source's
+    episode; where none can, only a move that cuts starvation on a saturated
+    source; else say why, with the numbers."""
+    partial: list[_Plan] = []
+    first: _Rejection | None = None
+    for source in trigger.sources:
+        veto = _warming_veto(view, source.name, state)
+        if veto is not None:
+            return _no_action(veto, thresholds, Mode.CPU, source.name)
+        outcome = _plan_relief(view, source, state, rng)
+        if isinstance(outcome, _Rejection):
+            first = first or outcome
+            continue
+        if not outcome.ends_episode:
+            partial.append(outcome)
+            continue
+        text = trigger.text if source is trigger.sources[0] else (
+            f"{trigger.text}; {source.name} at {_f(source.cpu)} also above")
+        reason = f"{text}: {_describe(outcome.moves[0])} ({_plan_text(outcome)})"
+        return Decision(reason=reason, mode=Mode.CPU, migration=outcome.moves[0],
+                        thresholds=thresholds, sentence=reason, history_source=source.name)
+    hottest = trigger.sources[0].name
+    for plan in partial:
+        if plan.source.cpu >= SATURATED:
+            move = plan.moves[0]
+            reason = (f"{plan.source.name} saturated (cpu {_f(plan.source.cpu)} >= "
+                      f"{_f(SATURATED)}); {_no_plan_text(plan, view)}; cutting starvation: "
+                      f"{_describe(move)}")
+            return Decision(reason=reason, mode=Mode.CPU, migration=move,
+                            thresholds=thresholds, sentence=reason,
+                            history_source=plan.source.name)
+    if partial:
+        return _no_action(f"{trigger.text} but {_no_plan_text(partial[0], view)}",
+                          thresholds, Mode.CPU, hottest)
+    detail = first.text if first is not None else "no source node"
+    return _no_action(f"{trigger.text} but no favourable migration: {detail}", thresholds,
+                      Mode.CPU, hottest)
 
 
 # --- the three checks --------------------------------------------------------
@@ -498,7 +647,7 @@ def _ranked(loads: Sequence[_Load], mode: Mode) -> list[_Load]:
     return sorted(loads, key=lambda load: (-_utilisation(load, mode), load.name))
 
 
-def _check(view: _View) -> _Trigger | str:
+def _check(view: _View, state: PolicyState) -> _Trigger | str:
     config = view.config
     loads = list(view.loads.values())
     cpu_hot = _ranked([n for n in loads if n.cpu > config.cpu_max], Mode.CPU)
@@ -524,19 +673,77 @@ def _check(view: _View) -> _Trigger | str:
     mean, threshold = view.memory_mean, view.memory_threshold
     pool = _memory_pool(view)
     above = _ranked([n for n in pool if n.mem_fraction > threshold], Mode.PROACTIVE)
-    if len(pool) >= 2 and above:
-        top = above[0]
-        return _Trigger(
-            Mode.PROACTIVE,
-            above,
-            f"{top.name} above memory_threshold ({_above(top.mem_fraction, threshold)} "
-            f"= max({config.proactive_factor:g} x mean {_f(mean)}, "
-            f"mean + proactive_margin {_f(config.proactive_margin)}))",
+    if len(pool) < 2 or not above:
+        return (
+            f"balanced: no node above cpu_max {_f(config.cpu_max)}, memory_max "
+            f"{_f(config.memory_max)} or memory_threshold {_f(threshold)}"
         )
-    return (
-        f"balanced: no node above cpu_max {_f(config.cpu_max)}, memory_max "
-        f"{_f(config.memory_max)} or memory_threshold {_f(threshold)}"
-    )
+    trigger = (f"above memory_threshold ({{}} = max({config.proactive_factor:g} x mean "
+               f"{_f(mean)}, mean + proactive_margin {_f(config.proactive_margin)}))")
+    armed = _armed(view, state)
+    ready = [n for n in _ranked(pool, Mode.PROACTIVE) if n.name in armed]
+    if ready:
+        top = ready[0]
+        return _Trigger(Mode.PROACTIVE, ready,
+                        f"{top.name} " + trigger.format(_above(top.mem_fraction, threshold)))
+    top = above[0]
+    why = _not_at_risk(view, state, top)
+    return (f"balanced: {top.name} " + trigger.format(_above(top.mem_fraction, threshold))
+            + f" but {why}")
+
+
+def _risk_floor(view: _View) -> float:
+    """Memory fraction from which a node is close enough to `memory_max` for
+    a proactive move to prevent something."""
+    return view.config.memory_max - view.config.proactive_band
+
+
+def _at_risk(view: _View, load: _Load, slack: float = 0.0) -> bool:
+    """Above the proactive threshold and within the risk band of memory_max
+    (both bars lowered by `slack` for a node already armed)."""
+    return (load.mem_fraction > view.memory_threshold - slack
+            and load.mem_fraction >= _risk_floor(view) - slack)
+
+
+def _armed(view: _View, state: PolicyState) -> set[str]:
+    """Pool nodes whose memory has been at risk for `proactive_hold`."""
+    now, hold = view.snapshot.time, view.config.proactive_hold
+    out: set[str] = set()
+    for load in _memory_pool(view):
+        since = state.pressure_since.get(load.name)
+        if since is not None and now - since >= hold and \
+                _at_risk(view, load, PROACTIVE_HYSTERESIS):
+            out.add(load.name)
+    return out
+
+
+def _not_at_risk(view: _View, state: PolicyState, load: _Load) -> str:
+    floor = _risk_floor(view)
+    if load.mem_fraction < floor:
+        return (f"{_f(view.config.memory_max - load.mem_fraction)} below memory_max, outside "
+                f"the risk band (memory_max - proactive_band {_f(floor)})")
+    since = state.pressure_since.get(load.name, view.snapshot.time)
+    held = max(0.0, view.snapshot.time - since)
+    return (f"at risk for {held:.0f} s of proactive_hold "
+            f"{view.config.proactive_hold:.0f} s")
+
+
+def track_memory_pressure(previous: Mapping[str, float], snapshot: Snapshot,
+                          config: Config) -> dict[str, float]:
+    """Since when each node's memory has been at risk (above the proactive
+    threshold and within `proactive_band` of memory_max), as of `snapshot`.
+    The agent keeps the result between cycles and passes it back in
+    `PolicyState.pressure_since`. A node stays at risk until it is
+    `PROACTIVE_HYSTERESIS` below both bars: hysteresis against flapping."""
+    view = _View.build(snapshot, Estimates(), config)
+    out: dict[str, float] = {}
+    for load in _memory_pool(view):
+        since = previous.get(load.name)
+        if since is not None and _at_risk(view, load, PROACTIVE_HYSTERESIS):
+            out[load.name] = since
+        elif _at_risk(view, load):
+            out[load.name] = snapshot.time
+    return out
 
 
 def _thresholds(view: _View) -> dict[str, float]:
@@ -617,18 +824,16 @@ def decide(
     if not view.loads:
         return _no_action("waiting: no online node", thresholds)
 
-    trigger = _check(view)
+    trigger = _check(view, state)
     if isinstance(trigger, str):
         return _no_action(trigger, thresholds)
 
+    if trigger.mode is Mode.CPU:
+        return _decide_cpu(view, trigger, state, rng, thresholds)
     first: _Rejection | None = None
     for source in trigger.sources:
         outcome = _try_source(view, trigger.mode, source, state, rng)
         if isinstance(outcome, Migration):
-            history = source.name if trigger.mode is Mode.CPU else None
-            veto = _warming_veto(view, source.name, state) if history else None
-            if veto is not None:
-                return _no_action(veto, thresholds, trigger.mode, history)
             text = trigger.text if source is trigger.sources[0] else (
                 f"{trigger.text}; {source.name} at "
                 f"{_f(_utilisation(source, trigger.mode))} also above"
@@ -640,7 +845,6 @@ def decide(
                 migration=outcome,
                 thresholds=thresholds,
                 sentence=reason,
-                history_source=history,
             )
         if first is None:
             first = outcome

@@ -105,10 +105,16 @@ def expect_memory_hotspot(lab: InProcessLab) -> None:
     assert lab.mem_fraction("pve1") <= 0.8
 
 
-def expect_proactive(lab: InProcessLab) -> None:
-    assert 1 <= len(agent_posts(lab)) <= 2
-    fractions = [lab.mem_fraction(n) for n in ("pve1", "pve2", "pve3")]
-    assert fractions[0] <= 1.2 * sum(fractions) / 3 + 1e-9
+def expect_proactive_refused(lab: InProcessLab) -> None:
+    assert agent_posts(lab) == [], "an uneven spread far from memory_max risks nothing"
+    assert lab.mem_fraction("pve1") > 0.55
+
+
+def expect_proactive_near_max(lab: InProcessLab) -> None:
+    posts = agent_posts(lab)
+    assert len(posts) == 1, "one move takes pve1 out of the risk band"
+    assert posts[0].time - lab.started_at >= 30, "not before proactive_hold"
+    assert lab.mem_fraction("pve1") < 0.70
 
 
 OUTCOME: dict[str, Callable[[InProcessLab], None]] = {
@@ -119,7 +125,8 @@ OUTCOME: dict[str, Callable[[InProcessLab], None]] = {
     "lab-three-agents": expect_lab_three_agents,
     "local-disk-guest": expect_local_disks,
     "memory-hotspot": expect_memory_hotspot,
-    "proactive-imbalance": expect_proactive,
+    "proactive-imbalance": expect_proactive_refused,
+    "proactive-near-max": expect_proactive_near_max,
 }
 
 

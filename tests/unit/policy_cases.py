@@ -109,12 +109,15 @@ def cluster(nodes: tuple[Node, ...], guests: tuple[Guest, ...], **extra: object)
 # --- baselines ---------------------------------------------------------------
 
 # CPU: pve1 is hot. 101 is the busiest (host share 0.45), 102 next (0.25),
-# 103 small (0.05). Expected: 102 to pve2 (least loaded; 0.55 <= midpoint 0.60).
+# 104 (0.15), 103 small (0.05). Expected: 102 to pve2 (least loaded; 0.55 <=
+# midpoint 0.60), which alone ends the episode (0.65). With 102 out, 104 does
+# (0.75); 103 alone would not (0.85), so it is never the move.
 CPU_NODES = (node("pve1", 0.90), node("pve2", 0.30), node("pve3", 0.35))
 CPU_GUESTS = (
     vm(101, "pve1", 0.9, vcpus=8),
     vm(102, "pve1", 0.5, vcpus=8),
     vm(103, "pve1", 0.2, vcpus=4),
+    vm(104, "pve1", 0.6, vcpus=4),
 )
 CPU = cluster(CPU_NODES, CPU_GUESTS)
 
@@ -136,13 +139,18 @@ MEM_NODES = (node("pve1", 0.3, 56), node("pve2", 0.3, 20), node("pve3", 0.3, 30)
 MEM_GUESTS = (vm(201, "pve1", 0.1, vcpus=2, mem_gib=8),)
 MEM = cluster(MEM_NODES, MEM_GUESTS)
 
-# Proactive: all below the maxima; pve1 (0.70) above 1.2 x mean (0.45) = 0.54.
-PRO_NODES = (node("pve1", 0.3, 44.8), node("pve2", 0.3, 19.2), node("pve3", 0.3, 22.4))
+# Proactive: all below the maxima; pve1 (0.75) above max(1.2 x mean 0.47,
+# mean + 0.10) = 0.57, within proactive_band (0.10) of memory_max, and at
+# risk for longer than proactive_hold (ARMED: since 300 s).
+PRO_NODES = (node("pve1", 0.3, 48), node("pve2", 0.3, 19.2), node("pve3", 0.3, 22.4))
 PRO = cluster(PRO_NODES, MEM_GUESTS)
+ARMED_SINCE = {f"pve{i}": NOW - 300 for i in range(1, 5)}
+ARMED = PolicyState(pressure_since=ARMED_SINCE)
+ANY_BAND = Config(proactive_band=0.5)  # rules about the threshold, not the risk band
 
 CPU_OK = Case(CPU, (102, "pve2"), "pve1 above cpu_max (0.90 > 0.80)", Mode.CPU)
 MEM_OK = Case(MEM, (201, "pve2"), "pve1 above memory_max (0.88 > 0.80)", Mode.MEMORY)
-PRO_OK = Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE)
+PRO_OK = Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE, state=ARMED)
 
 UPID = "UPID:pve3:0000A1B2:00C0FFEE:6745F00D:qmigrate:301:root@pam:"
 
@@ -192,6 +200,7 @@ RULES: tuple[Rule, ...] = (
             (201, "pve2"),
             "pve1 above memory_threshold",
             Mode.PROACTIVE,
+            state=ARMED,
         ),
         MEM_OK,
     ),
@@ -222,6 +231,7 @@ RULES: tuple[Rule, ...] = (
                     MEM_GUESTS),
             None,
             "balanced",
+            state=ARMED,
         ),
         PRO_OK,
     ),
@@ -234,6 +244,7 @@ RULES: tuple[Rule, ...] = (
                     (vm(201, "pve1", 0.1, vcpus=2, mem_gib=1),)),
             None,
             "balanced: no node above cpu_max 0.80, memory_max 0.80 or memory_threshold 0.38",
+            config=ANY_BAND, state=ARMED,
         ),
         # 0.42 is above both 1.2 x mean 0.368 and mean + 0.10 = 0.407
         Case(
@@ -243,14 +254,31 @@ RULES: tuple[Rule, ...] = (
             "pve1 above memory_threshold (0.42 > 0.41 = max(1.2 x mean 0.31, "
             "mean + proactive_margin 0.10))",
             Mode.PROACTIVE,
+            config=ANY_BAND, state=ARMED,
         ),
     ),
     Rule(
         "proactive_rests_guests_the_balancer_moved_within_an_hour",
         Case(PRO, None, "no movable vm on pve1 (1 moved within the last hour)", Mode.PROACTIVE,
-             state=PolicyState(last_moved={201: NOW - 3599})),
+             state=replace(ARMED, last_moved={201: NOW - 3599})),
         Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE,
-             state=PolicyState(last_moved={201: NOW - 3600})),
+             state=replace(ARMED, last_moved={201: NOW - 3600})),
+    ),
+    Rule(
+        "proactive_needs_a_real_risk_within_proactive_band_of_memory_max",
+        # pve1 at 0.65 is far above the mean but 0.15 below memory_max: it
+        # risks nothing, so its uneven share is left alone
+        Case(cluster((node("pve1", 0.3, 41.6), *PRO_NODES[1:]), MEM_GUESTS), None,
+             "0.15 below memory_max, outside the risk band (memory_max - proactive_band 0.70)",
+             state=ARMED),
+        PRO_OK,
+    ),
+    Rule(
+        "proactive_waits_for_proactive_hold",
+        Case(PRO, None, "at risk for 29 s of proactive_hold 30 s",
+             state=PolicyState(pressure_since={"pve1": NOW - 29})),
+        Case(PRO, (201, "pve2"), "pve1 above memory_threshold", Mode.PROACTIVE,
+             state=PolicyState(pressure_since={"pve1": NOW - 30})),
     ),
     Rule(
         "proactive_only_when_no_node_above_a_maximum",
@@ -270,6 +298,7 @@ RULES: tuple[Rule, ...] = (
                      node("pve3", 0.3, 2, maintenance=True)), MEM_GUESTS),
             None,
             "balanced",
+            config=ANY_BAND, state=ARMED,
         ),
         Case(
             cluster((node("pve1", 0.3, 28.8), node("pve2", 0.3, 25.6), node("pve3", 0.3, 2)),
@@ -277,6 +306,7 @@ RULES: tuple[Rule, ...] = (
             (201, "pve3"),
             "pve1 above memory_threshold",
             Mode.PROACTIVE,
+            config=ANY_BAND, state=ARMED,
         ),
     ),
     Rule(
@@ -290,12 +320,14 @@ RULES: tuple[Rule, ...] = (
             "vm 201 would put pve3 cpu at 0.79 > 0.75 (cpu_max - safety_margin); "
             "vm 201 would put pve2 memory at 0.58 > memory_threshold 0.56",
             Mode.PROACTIVE,
+            state=ARMED,
         ),
         Case(
             cluster((node("pve1", 0.3, 49.92), node("pve2", 0.3, 32), node("pve3", 0.78, 6.4)),
                     (vm(201, "pve1", 0.1, vcpus=2, mem_gib=2.56),)),
             (201, "pve2"),
             mode=Mode.PROACTIVE,
+            state=ARMED,
         ),
     ),
     # --- sources ---
@@ -320,53 +352,54 @@ RULES: tuple[Rule, ...] = (
     # --- candidates ---
     Rule(
         "only_qemu_guests_move",
-        Case(cpu_with(vm(102, "pve1", 0.5, kind="lxc")), (103, "pve2")),
+        Case(cpu_with(vm(102, "pve1", 0.5, kind="lxc")), (104, "pve2")),
         CPU_OK,
     ),
-    Rule("templates_never_move", Case(cpu_with(vm(102, "pve1", template=True)), (103, "pve2")),
+    Rule("templates_never_move", Case(cpu_with(vm(102, "pve1", template=True)), (104, "pve2")),
          CPU_OK),
     Rule("stopped_guests_never_move",
-         Case(cpu_with(vm(102, "pve1", status="stopped")), (103, "pve2")), CPU_OK),
+         Case(cpu_with(vm(102, "pve1", status="stopped")), (104, "pve2")), CPU_OK),
     Rule(
         "locked_guests_never_move",
-        Case(cpu_with(vm(102, "pve1", lock="backup")), (103, "pve2")),
+        Case(cpu_with(vm(102, "pve1", lock="backup")), (104, "pve2")),
         CPU_OK,
     ),
     Rule(
         "guests_needing_local_resources_never_move",
-        Case(CPU, (103, "pve2"), state=PolicyState(unmovable=frozenset({102}))),
+        Case(CPU, (104, "pve2"), state=PolicyState(unmovable=frozenset({102}))),
         Case(CPU, (102, "pve2"), state=PolicyState(unmovable=frozenset({999}))),
     ),
     Rule(
         "exclude_tag_opts_a_guest_out",
-        Case(cpu_with(vm(102, "pve1", tags=frozenset({"Pve-Balancer-Exclude"}))), (103, "pve2")),
+        Case(cpu_with(vm(102, "pve1", tags=frozenset({"Pve-Balancer-Exclude"}))), (104, "pve2")),
         Case(cpu_with(vm(102, "pve1", tags=frozenset({"prod"}))), (102, "pve2")),
     ),
     Rule(
         "exclude_tag_is_configurable",
-        Case(cpu_with(vm(102, "pve1", tags=frozenset({"pinned"}))), (103, "pve2"),
+        Case(cpu_with(vm(102, "pve1", tags=frozenset({"pinned"}))), (104, "pve2"),
              config=Config(exclude_tag="pinned")),
         Case(cpu_with(vm(102, "pve1", tags=frozenset({"pve-balancer-exclude"}))),
              (102, "pve2"), config=Config(exclude_tag="pinned")),
     ),
     Rule(
         "cooldown_keeps_recently_moved_guests",
-        Case(CPU, (103, "pve2"), state=PolicyState(cooldown_until={102: NOW + 1})),
+        Case(CPU, (104, "pve2"), state=PolicyState(cooldown_until={102: NOW + 1})),
         Case(CPU, (102, "pve2"), state=PolicyState(cooldown_until={102: NOW})),
     ),
     Rule(
         "node_affinity_rule_pins_guest",
         Case(cpu_with(rules=(AffinityRule("keep", "node-affinity", frozenset({102}),
-                                          frozenset({"pve1"})),)), (103, "pve2")),
+                                          frozenset({"pve1"})),)), (104, "pve2")),
         Case(cpu_with(rules=(AffinityRule("keep", "node-affinity", frozenset({102}),
                                           frozenset({"pve1"}), enabled=False),)), (102, "pve2")),
     ),
     Rule(
         "positive_resource_affinity_pins_guests",
         Case(
-            cpu_with(rules=(AffinityRule("pair", "resource-affinity", frozenset({102, 103})),)),
+            cpu_with(rules=(AffinityRule("pair", "resource-affinity",
+                                         frozenset({102, 103, 104})),)),
             None,
-            "no movable vm on pve1 (busiest vm 101 kept, 2 bound by affinity rule)",
+            "no movable vm on pve1 (busiest vm 101 kept, 3 bound by affinity rule)",
             Mode.CPU,
         ),
         Case(
@@ -377,7 +410,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "ha_guests_left_to_pve_auto_rebalance",
-        Case(cpu_with(vm(102, "pve1", ha_managed=True), ha_auto_rebalance=True), (103, "pve2")),
+        Case(cpu_with(vm(102, "pve1", ha_managed=True), ha_auto_rebalance=True), (104, "pve2")),
         Case(cpu_with(vm(102, "pve1", ha_managed=True), ha_auto_rebalance=False), (102, "pve2")),
     ),
     Rule(
@@ -397,10 +430,32 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "cpu_mode_tries_largest_share_first",
-        # 102 (0.25) does not fit on either target; the smaller 103 (0.05) does
+        # 102 (0.25) does not fit on either target; the smaller 104 (0.15) does
         Case(cpu_with(nodes=(node("pve1", 0.90), node("pve2", 0.6), node("pve3", 0.6))),
-             (103, "pve2")),
+             (104, "pve2")),
         CPU_OK,
+    ),
+    Rule(
+        "cpu_move_only_as_part_of_a_plan_that_ends_the_episode",
+        # 103 alone (0.05) leaves pve1 at 0.83: no move buys anything; 103 and
+        # 105 together end it, so the plan's first move starts
+        Case(cluster((node("pve1", 0.88), *CPU_NODES[1:]),
+                     (vm(101, "pve1", 0.9), vm(103, "pve1", 0.2, vcpus=4))),
+             None, "no set of moves brings pve1 to cpu_max: the best plan of 1 ends at 0.83",
+             Mode.CPU),
+        Case(cluster((node("pve1", 0.88), *CPU_NODES[1:]),
+                     (vm(101, "pve1", 0.9), vm(103, "pve1", 0.2, vcpus=4),
+                      vm(105, "pve1", 0.2, vcpus=4))),
+             (103, "pve2"), "(move 1 of 2 planned, pve1 to 0.78)", Mode.CPU),
+    ),
+    Rule(
+        "saturated_source_without_a_plan_still_sheds_to_cut_starvation",
+        Case(cluster((node("pve1", 0.94), *CPU_NODES[1:]),
+                     (vm(101, "pve1", 0.9), vm(103, "pve1", 0.2, vcpus=4))),
+             None, "but no set of moves brings pve1 to cpu_max", Mode.CPU),
+        Case(cluster((node("pve1", 0.97), *CPU_NODES[1:]),
+                     (vm(101, "pve1", 0.9), vm(103, "pve1", 0.2, vcpus=4))),
+             (103, "pve2"), "pve1 saturated (cpu 0.97 >= 0.95); no set of moves", Mode.CPU),
     ),
     Rule(
         "move_must_bring_tangible_benefit",
@@ -477,24 +532,32 @@ RULES: tuple[Rule, ...] = (
         "guest_cpu_on_target_scales_with_target_cores",
         # 102 is 0.25 of a 16-core host but 0.125 of a 32-core one
         Case(cpu_with(nodes=(node("pve1", 0.9), node("pve2", 0.55), node("pve3", 0.6))),
-             (103, "pve2")),
+             (104, "pve2")),
         Case(cpu_with(nodes=(node("pve1", 0.9), node("pve2", 0.55, cores=32), node("pve3", 0.6))),
              (102, "pve2")),
     ),
     Rule(
-        "cpu_move_must_not_flip_past_midpoint",
+        "cpu_relief_needs_no_midpoint_only_the_target_limit",
+        # 102 (0.2) takes pve2 to 0.72, past the midpoint 0.71 but under the
+        # target limit 0.75 and under pve1's 0.9: the highest utilisation
+        # drops and pve1's episode ends. At 0.56 pve2 would end above 0.75.
         Case(
-            cluster((node("pve1", 0.9), node("pve2", 0.52)),
+            cluster((node("pve1", 0.9), node("pve2", 0.56)),
                     (vm(101, "pve1", 0.9), vm(102, "pve1", 0.4))),
             None,
-            "vm 102 would flip the imbalance on pve2 (0.72 > midpoint 0.71)",
+            "vm 102 would put pve2 cpu at 0.76 > 0.75 (cpu_max - safety_margin)",
             Mode.CPU,
         ),
         Case(
-            cluster((node("pve1", 0.9), node("pve2", 0.48)),
+            cluster((node("pve1", 0.9), node("pve2", 0.52)),
                     (vm(101, "pve1", 0.9), vm(102, "pve1", 0.4))),
             (102, "pve2"),
         ),
+    ),
+    Rule(
+        "a_moved_guest_never_returns_to_the_node_it_left_within_return_block",
+        Case(CPU, (102, "pve3"), state=PolicyState(came_from={102: ("pve2", NOW - 3600)})),
+        Case(CPU, (102, "pve2"), state=PolicyState(came_from={102: ("pve2", NOW - 4 * 3600)})),
     ),
     Rule(
         "memory_move_must_not_flip_past_midpoint_in_bytes",

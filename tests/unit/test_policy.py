@@ -9,13 +9,24 @@ import pytest
 
 from pve_balancer.config import Config
 from pve_balancer.model import Decision, Estimates, Mode, Snapshot
-from pve_balancer.policy import MIN_BENEFIT, PROACTIVE_REST, PolicyState, decide
+from pve_balancer.policy import (
+    MIN_BENEFIT,
+    PROACTIVE_REST,
+    PolicyState,
+    decide,
+    track_memory_pressure,
+)
 
 from .policy_cases import (
+    ANY_BAND,
+    ARMED,
+    ARMED_SINCE,
     CPU,
     MEM,
+    MEM_GUESTS,
     MEM_NODES,
     NOW,
+    PRO_NODES,
     RULES,
     Case,
     cluster,
@@ -108,8 +119,9 @@ def test_proactive_threshold_is_factor_times_mean() -> None:
     nodes = (node("pve1", 0.3, 32), node("pve2", 0.3, 16), node("pve3", 0.3, 16))
     snap = cluster(nodes, (vm(201, "pve1", 0.1, mem_gib=4),))
     # mean 1/3: 1.2 x mean = 0.40 < 0.5 fires; 1.6 x mean = 0.533 > 0.5 does not
-    assert run(Case(snap, None)).mode is Mode.PROACTIVE
-    quiet = run(Case(snap, None, config=Config(proactive_factor=1.6)))
+    assert run(Case(snap, None, config=ANY_BAND, state=ARMED)).mode is Mode.PROACTIVE
+    quiet = run(Case(snap, None, config=Config(proactive_factor=1.6, proactive_band=0.5),
+                     state=ARMED))
     assert quiet.mode is None and quiet.reason.startswith("balanced")
     assert quiet.thresholds["memory_threshold"] == pytest.approx(1.6 / 3)
 
@@ -136,13 +148,13 @@ def test_memory_mode_order_does_not_depend_on_listing_order() -> None:
 
 
 def test_no_favourable_outcome_names_the_blocking_rule() -> None:
-    snap = cluster((node("pve1", 0.91), node("pve2", 0.53)),
+    snap = cluster((node("pve1", 0.91), node("pve2", 0.57)),
                    (vm(101, "pve1", 0.9), vm(104, "pve1", 0.4)))
     decision = run(Case(snap, None))
     assert decision.migration is None and decision.mode is Mode.CPU
     assert decision.reason == (
         "pve1 above cpu_max (0.91 > 0.80) but no favourable migration: "
-        "vm 104 would flip the imbalance on pve2 (0.73 > midpoint 0.72)"
+        "vm 104 would put pve2 cpu at 0.77 > 0.75 (cpu_max - safety_margin)"
     )
 
 
@@ -213,8 +225,9 @@ def test_proactive_margin_zero_leaves_only_the_factor() -> None:
     # pve1 at 0.34: above 1.2 x mean 0.28 but within proactive_margin of the mean
     snap = cluster((node("pve1", 0.3, 21.76), node("pve2", 0.3, 16), node("pve3", 0.3, 16)),
                    (vm(201, "pve1", 0.1, vcpus=2, mem_gib=1),))
-    assert run(Case(snap, None)).mode is None
-    decision = run(Case(snap, None, config=Config(proactive_margin=0.0)))
+    assert run(Case(snap, None, config=ANY_BAND, state=ARMED)).mode is None
+    decision = run(Case(snap, None, config=Config(proactive_margin=0.0, proactive_band=0.5),
+                        state=ARMED))
     assert decision.mode is Mode.PROACTIVE and decision.migration is not None
     assert decision.thresholds["memory_threshold"] == pytest.approx(1.2 * 0.28)
 
@@ -224,7 +237,7 @@ def test_proactive_target_limit_is_the_effective_threshold() -> None:
     # above the relative figure but not above the threshold in force.
     nodes = (node("pve1", 0.3, 49.92), node("pve2", 0.3, 32), node("pve3", 0.78, 6.4))
     snap = cluster(nodes, (vm(201, "pve1", 0.1, vcpus=2, mem_gib=3.52),))
-    decision = run(Case(snap, None))
+    decision = run(Case(snap, None, state=ARMED))
     assert decision.migration is not None and decision.migration.target == "pve2"
     assert decision.migration.target_after.mem_fraction == pytest.approx(0.555)
     assert decision.thresholds["memory_threshold"] == pytest.approx(0.56)
@@ -243,8 +256,34 @@ def test_proactive_rest_does_not_hold_back_saturation_relief() -> None:
 def test_proactive_rest_with_an_unusable_clock_keeps_resting() -> None:
     from .policy_cases import PRO
 
-    state = PolicyState(last_moved={201: NOW - 2 * PROACTIVE_REST})
+    state = PolicyState(last_moved={201: NOW - 2 * PROACTIVE_REST}, pressure_since=ARMED_SINCE)
     assert run(Case(PRO, None, state=state)).migration is not None
     nan_clock = Snapshot(time=float("nan"), nodes=PRO.nodes, guests=PRO.guests)
     decision = run(Case(nan_clock, None, state=state))
-    assert decision.migration is None and "moved within the last hour" in decision.reason
+    # with no usable time neither the rest nor the hold can be judged: no move
+    assert decision.migration is None and decision.mode is None
+
+
+def test_memory_pressure_is_tracked_with_hysteresis() -> None:
+    """A node is at risk from the first snapshot above the threshold and in
+    the band; it stays at risk (same start) until clearly below either bar,
+    so a node hovering at a bar neither flaps nor restarts its hold."""
+    def snap(at: float, pve1_gib: float) -> Snapshot:
+        return Snapshot(time=at, nodes=(node("pve1", 0.3, pve1_gib), *PRO_NODES[1:]),
+                        guests=MEM_GUESTS)
+
+    config = Config()
+    armed = track_memory_pressure({}, snap(NOW, 48), config)  # 0.75: at risk
+    assert armed == {"pve1": NOW}
+    # 0.69: below the band's 0.70 but within the 0.02 hysteresis: still armed
+    armed = track_memory_pressure(armed, snap(NOW + 100, 44.16), config)
+    assert armed == {"pve1": NOW}
+    assert run(Case(snap(NOW + 300, 44.16), None, state=PolicyState(
+        pressure_since=armed))).mode is Mode.PROACTIVE, "armed and held: it acts"
+    # 0.67: clearly below: disarmed; back at 0.69 it would have to start over
+    assert track_memory_pressure(armed, snap(NOW + 200, 42.88), config) == {}
+    assert track_memory_pressure({}, snap(NOW + 300, 44.16), config) == {}
+    # nodes outside the proactive pool are never tracked
+    drained = Snapshot(time=NOW, nodes=(node("pve1", 0.3, 48, maintenance=True),
+                                        *PRO_NODES[1:]), guests=MEM_GUESTS)
+    assert track_memory_pressure({}, drained, config) == {}

@@ -25,7 +25,14 @@ from pve_balancer.model import (
     Node,
     Snapshot,
 )
-from pve_balancer.policy import PROACTIVE_REST, PolicyState, decide
+from pve_balancer.policy import (
+    PROACTIVE_HYSTERESIS,
+    PROACTIVE_REST,
+    RETURN_BLOCK,
+    SATURATED,
+    PolicyState,
+    decide,
+)
 
 GIB = 1 << 30
 NOW = 5000.0
@@ -197,6 +204,11 @@ def situations(
         last_moved={v: NOW - draw(st.sampled_from([0.0, 600.0, PROACTIVE_REST - 1,
                                                    PROACTIVE_REST, 7200.0]))
                     for v in vmids if draw(st.integers(0, 3)) == 3},
+        pressure_since={n.name: NOW - draw(st.sampled_from([0.0, 299.0, 300.0, 3600.0]))
+                        for n in snapshot.nodes if draw(st.booleans())},
+        came_from={v: (draw(st.sampled_from([n.name for n in snapshot.nodes])),
+                       NOW - draw(st.sampled_from([0.0, RETURN_BLOCK - 1, RETURN_BLOCK])))
+                   for v in vmids if draw(st.integers(0, 3)) == 3},
     )
     return snapshot, estimates, config, state
 
@@ -206,7 +218,8 @@ def _guest_ema(estimates: Estimates, g: Guest) -> float:
 
 
 def _assert_legal(
-    snapshot: Snapshot, estimates: Estimates, config: Config, state: PolicyState, m: Migration
+    snapshot: Snapshot, estimates: Estimates, config: Config, state: PolicyState, m: Migration,
+    reason: str,
 ) -> None:
     guest = next(g for g in snapshot.guests if g.vmid == m.vmid)
     source = snapshot.node(m.source)
@@ -243,12 +256,22 @@ def _assert_legal(
     assert math.isclose(m.target_after.cpu, target_cpu + share, abs_tol=EPS)
     assert m.target_after.cpu <= config.cpu_max - config.safety_margin + EPS
 
-    # the mode fired legitimately, never a flip past the midpoint, a real gain
+    # never back to the node the guest left within the return block
+    origin = state.came_from.get(guest.vmid)
+    assert origin is None or origin[0] != target.name or snapshot.time - origin[1] >= RETURN_BLOCK
+
+    # the mode fired legitimately, never a flip, a real gain
     source_cpu = estimates.node_cpu.get(source.name, source.cpu)
     if m.mode is Mode.CPU:
         assert estimates.node_cpu_ready and source_cpu > config.cpu_max
-        assert m.target_after.cpu <= (m.source_before.cpu + m.target_before.cpu) / 2 + EPS
+        # the pair's highest utilisation drops: the target ends below where
+        # the source started (and under the target limit, asserted above)
+        assert m.target_after.cpu < m.source_before.cpu
         assert m.source_after.cpu < m.source_before.cpu
+        # a CPU move is the first of a plan that ends the episode, or sheds
+        # load off a saturated source that no plan can bring under cpu_max
+        assert "planned" in reason or (m.source_before.cpu >= SATURATED
+                                       and "cutting starvation" in reason)
         # the kept VM (highest host share, lowest vmid on an exact tie) is
         # never the one moved
         kept = min(
@@ -268,7 +291,11 @@ def _assert_legal(
                     and n.name not in config.exclude_nodes and n.maxmem > 0]
             mean = sum(n.mem_fraction for n in pool) / len(pool)
             threshold = max(config.proactive_factor * mean, mean + config.proactive_margin)
-            assert source.mem_fraction > threshold
+            assert source.mem_fraction > threshold - PROACTIVE_HYSTERESIS
+            # a real risk, sustained: near memory_max and at risk for the hold
+            assert source.mem_fraction >= (config.memory_max - config.proactive_band
+                                           - PROACTIVE_HYSTERESIS)
+            assert snapshot.time - state.pressure_since[source.name] >= config.proactive_hold
             # never a guest the balancer moved within the proactive rest
             assert snapshot.time - state.last_moved.get(guest.vmid, -math.inf) >= PROACTIVE_REST
             # a proactive move never makes its target the next proactive source
@@ -291,7 +318,7 @@ def test_decisions_never_break_a_rule(
     event(f"mode={decision.mode} migrates={decision.migration is not None}")
     if decision.migration is not None:
         assert decision.mode is decision.migration.mode
-        _assert_legal(snapshot, estimates, config, state, decision.migration)
+        _assert_legal(snapshot, estimates, config, state, decision.migration, decision.reason)
 
 
 @PROPERTY
