@@ -149,12 +149,14 @@ class Agent:
             prefix = f"{change}; " if change else ""
             result = self._cycle(now, prefix)
         except PveError as exc:
-            result = CycleResult(f"{prefix}cannot reach the PVE API: {exc}", logging.WARNING)
+            result = CycleResult(f"{prefix}{exc.sentence}", logging.WARNING,
+                                 {"problem": exc.kind})
         except Exception as exc:  # the loop must survive anything
             result = CycleResult(f"{prefix}cycle failed: {type(exc).__name__}: {exc}",
                                  logging.ERROR, error=exc)
         role = "leader" if self._leading else "standby"
-        return replace(result, fields={"role": role, **result.fields})
+        news = {"election": prefix.removesuffix("; ")} if prefix else {}
+        return replace(result, fields={"role": role, **news, **result.fields})
 
     def _cycle(self, now: float, prefix: str) -> CycleResult:
         election = self.env.election
