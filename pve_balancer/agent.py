@@ -34,7 +34,7 @@ from .env import Environment
 from .executor import InFlight
 from .model import Decision, Estimates, Migration, Preconditions, Snapshot, Task
 from .policy import PROACTIVE_REST, PolicyState, decide, gave_up
-from .pve import PveError
+from .pve import MIGRATION_TASK_TYPES, PveError
 from .status import DecisionRecord, NodeRecord
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,12 @@ class Agent:
         return self.env.election.describe()
 
     def release(self) -> None:
-        """Orderly stop: give leadership up so a standby takes over at once."""
+        """Orderly stop: say in status.json that nobody leads (only while
+        the lock is still ours, so a successor's status is never
+        overwritten), then give leadership up so a standby takes over at
+        once."""
+        if self._leading and self.env.election.is_leader:
+            self.env.publish_release(self.env.now())
         self.env.election.release()
 
     def _rng_for(self, config: Config) -> random.Random:
@@ -388,13 +393,27 @@ class Agent:
 
     # ------------------------------------------------------------ plan
 
+    def _settle_after_ended(self, tasks: tuple[Task, ...], now: float) -> None:
+        """A plan did not follow the migrations that just ended: the same
+        settle pause as after one this agent followed, from the task list."""
+        ended = [t for t in tasks if t.kind in MIGRATION_TASK_TYPES and not t.running
+                 and t.endtime is not None and now - t.endtime < STATS_SETTLE]
+        if ended:
+            last = max(ended, key=lambda t: t.endtime or 0.0)
+            assert last.endtime is not None
+            self.settle_until = max(self.settle_until, last.endtime + STATS_SETTLE)
+            self.settle_after = f"the migration of vm {last.vmid}"
+
     def plan(self) -> Plan:
-        """Sample once (warming EMAs from RRD), decide, act not at all."""
+        """Sample once (warming EMAs from RRD), decide, act not at all; a
+        migration that ended within the settle pause holds the decision
+        back as it would hold the agent's."""
         config = self.config_source.config
         if config is None:
             raise ValueError(f"no valid configuration in {self.config_source.path}")
         now = self.env.now()
-        snapshot, _tasks = self._sample(now)
+        snapshot, tasks = self._sample(now)
+        self._settle_after_ended(tasks, now)
         decision = self.evaluate(snapshot, config, now)
         return Plan(decision=decision, snapshot=snapshot,
                     estimates=self.estimator.estimates(), config=config,

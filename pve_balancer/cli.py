@@ -9,13 +9,15 @@ Every path the agent uses derives from one root, `--pve-root` (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,11 +32,32 @@ from .leadership import AlwaysLeader, Election
 from .model import Snapshot
 from .paths import DEFAULT_ROOT, PveRoot
 from .pve import PveClient, PveError, TokenError, connect, open_token
-from .status import StatusWriter, is_stale, read_status
+from .status import StatusWriter, leader_state, read_status
 
 log = logging.getLogger("pve_balancer")
 
 DEFAULT_API_URL = "https://localhost:8006"
+
+# `status` exit codes, as Nagios-style checks read them. The leader's state
+# decides; the live sample only when the leader is fine.
+STATUS_OK = 0
+"""OK: a leader published its status within the staleness bound."""
+STATUS_STALE = 1
+"""WARNING: the leader stopped refreshing its status (it may be gone, or a
+standby is about to take over after the lock's lifetime)."""
+STATUS_NO_LEADER = 2
+"""CRITICAL: no leader: no status at all, or the last leader stopped
+cleanly and nobody took over (no agent running anywhere)."""
+STATUS_API_UNREACHABLE = 3
+"""UNKNOWN: the leader is fine by its status, but this node's API could not
+be asked for the live sample, so what `status` shows is not confirmed."""
+
+PLAN_SEED = 0
+"""The seed `plan` uses when the configuration leaves `seed` null."""
+
+BROKEN_PIPE = 141
+"""Exit status when the reader of our output went away (`plan | head`):
+128 + SIGPIPE, what a shell reports for a command that pipe killed."""
 
 
 def short_hostname() -> str:
@@ -271,6 +294,10 @@ def plan_document(plan: Plan) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     config = _load_for_command(paths)
+    if config.seed is None:
+        # The same cluster gives the same plan: an operator comparing two
+        # runs (or a plan with what followed) sees a change, not chance.
+        config = replace(config, seed=PLAN_SEED)
     client = open_client(args, paths)
     env = PveEnvironment(node=args.node, connect=lambda: client, election=AlwaysLeader())
     plan = Agent(env, ConfigSource.fixed(config)).plan()
@@ -300,6 +327,18 @@ def cmd_plan(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     return 0
 
 
+def status_code(state: str, live_error: str) -> int:
+    """The exit status of `status` (see STATUS_*): the leader's state first;
+    with a leader in good health, a failed live sample."""
+    if state == "leading":
+        return STATUS_API_UNREACHABLE if live_error else STATUS_OK
+    return STATUS_STALE if state == "stale" else STATUS_NO_LEADER
+
+
+STATE_NAMES = {STATUS_OK: "ok", STATUS_STALE: "stale", STATUS_NO_LEADER: "no-leader",
+               STATUS_API_UNREACHABLE: "api-unreachable"}
+
+
 def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     now = time.time()
     doc = read_status(paths.status)
@@ -311,29 +350,36 @@ def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
         try:
             client = open_client(args, paths, timeout=5.0)
             snapshot, _ = client.sample(now)
-        except (PveError, TokenError) as exc:
-            live_error = str(exc)
+        except PveError as exc:
+            live_error = exc.sentence
+    state = leader_state(doc, now)
+    code = status_code(state, live_error)
     emas: dict[str, float | None] = {}
     if doc is not None:
         for item in doc.get("nodes") or []:
             if isinstance(item, dict) and isinstance(item.get("cpu_ema"), int | float):
                 emas[str(item.get("name"))] = float(item["cpu_ema"])
     if args.json:
-        out.write(json.dumps({"status": doc, "live": None if snapshot is None else {
+        out.write(json.dumps({"status": doc, "state": STATE_NAMES[code], "live": None
+                              if snapshot is None else {
             "nodes": [asdict(n) for n in snapshot.nodes],
             "migrations_running": list(snapshot.in_flight())},
             "live_error": live_error or None}, indent=2, sort_keys=True, default=str) + "\n")
-        return 0
+        return code
     if doc is None:
-        out.write(f"leader: unknown (no {paths.status}; is any agent leading?)\n")
+        out.write(f"leader: none (no {paths.status}; is any agent running?)\n")
+    elif state in ("none", "released"):
+        who = display_safe(doc.get("released_by") or "the last leader")
+        out.write(f"leader: none ({who} stopped at {_when(doc.get('released'))} and gave up "
+                  "the lock; a running standby takes over within seconds)\n")
     else:
         updated = doc.get("updated")
-        stale = is_stale(doc, now)
+        stale = state == "stale"
         out.write(f"leader: {display_safe(doc.get('leader'))} since {_when(doc.get('since'))} "
                   f"(updated {_age(now, updated)}{'; STALE: leader may be gone' if stale else ''}"
                   ")\n")
-        if doc.get("last_action"):
-            out.write(f"last cycle: {display_safe(doc.get('last_action'))}\n")
+    if doc is not None and doc.get("last_action"):
+        out.write(f"last cycle: {display_safe(doc.get('last_action'))}\n")
     if snapshot is None and live_error:
         out.write(f"live sample unavailable: {display_safe(live_error)}\n")
     if snapshot is not None and snapshot.in_flight():
@@ -352,7 +398,7 @@ def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
                 "mode", "vmid", "source", "target", "result"))
             out.write(f"  {_when(item.get('time'))}  {mode:<9} vm {vmid} {source} -> "
                       f"{target}: {outcome}\n")
-    return 0
+    return code
 
 
 def cmd_run(args: argparse.Namespace, paths: PveRoot) -> int:
@@ -386,21 +432,36 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     paths = PveRoot(args.pve_root, args.config)
     setup_logging(args.verbose)
     try:
-        if args.command == "check-config":
-            return cmd_check_config(args, paths, out)
-        if args.command == "plan":
-            return cmd_plan(args, paths, out)
-        if args.command == "status":
-            return cmd_status(args, paths, out)
-        if args.command == "run":
-            return cmd_run(args, paths)
-        if args.command == "setup":
-            return cmd_setup(args, paths)
+        code = _dispatch(parser, args, paths, out)
+        out.flush()
+        return code
+    except BrokenPipeError:
+        # The reader is gone (`plan | head`): nothing left to say to it, and
+        # no traceback. Python would flush stdout again at exit: point it
+        # at /dev/null first.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
     except PveError as exc:
         sys.stderr.write(f"pve-balancer: {display_safe(exc.sentence)}\n")
         return 1
     except TokenError as exc:
         sys.stderr.write(f"pve-balancer: {display_safe(exc)}\n")
         return 1
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, paths: PveRoot,
+              out: TextIO) -> int:
+    if args.command == "check-config":
+        return cmd_check_config(args, paths, out)
+    if args.command == "plan":
+        return cmd_plan(args, paths, out)
+    if args.command == "status":
+        return cmd_status(args, paths, out)
+    if args.command == "run":
+        return cmd_run(args, paths)
+    if args.command == "setup":
+        return cmd_setup(args, paths)
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover - parser.error exits

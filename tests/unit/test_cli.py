@@ -107,7 +107,7 @@ def test_status_renders_the_leaders_file_without_api(tmp_path: Path) -> None:
 
 def test_status_without_file_says_so(tmp_path: Path) -> None:
     code, out = run_cli("--pve-root", str(tmp_path), "status", "--no-live")
-    assert code == 0 and out.startswith("leader: unknown")
+    assert code == cli.STATUS_NO_LEADER and out.startswith("leader: none (no ")
 
 
 def test_plan_with_missing_token_is_a_clear_error(tmp_path: Path,
