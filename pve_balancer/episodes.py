@@ -9,12 +9,15 @@ scrolls away. The journal instead tells each problem as an *episode*:
   traceback of our own bug), once;
 - the cycles that repeat it go to DEBUG (`-v`), with a counter;
 - its end is one INFO line with the duration and the count, e.g.
-  `PVE API reachable again after 4 min, 48 cycles failed`.
+  `PVE API reachable again after 4 min, 48 cycles failed` (for an API
+  failure always; for other problems once they lasted two cycles or more,
+  so a one-off event such as a failed migration is one line).
 
 An episode is a run of consecutive problem cycles with the same *key*:
-the wording of the sentence without its numbers (`sentence_kind`), or, for
-the API, "the API" as a whole, so an outage whose failing request or cause
-changes on the way stays one episode. A new cause within it (refused, then
+the wording of the sentence without its numbers (`sentence_kind`) and the
+guest it is about (field `vmid`), or, for the API, "the API" as a whole,
+so an outage whose failing request or cause changes on the way stays one
+episode. A new cause within it (refused, then
 a refused token) is logged once more, at WARNING, as it is news. A role
 change reported in the same cycle (field `election`, the sentence's
 prefix) is not part of the key.
@@ -74,6 +77,9 @@ class Episode:
     """How its end is told: a format with {duration}, {cycles}, {first}."""
     cycles: int = 1
     causes: set[str] = field(default_factory=set)
+    end_after: int = 1
+    """Cycles it must have lasted for its end to be told: a one-off event
+    (a migration that failed) has no end worth a line; an outage has."""
 
 
 API_END = "PVE API reachable again after {duration}, {cycles} failed"
@@ -90,7 +96,8 @@ class Episodes:
     def problem(self, now: float, sentence: str, level: int,
                 fields: Mapping[str, object] | None = None,
                 error: BaseException | None = None, *, key: str | None = None,
-                cause: str | None = None, end: str = PLAIN_END) -> list[Line]:
+                cause: str | None = None, end: str = PLAIN_END,
+                end_after: int = 2) -> list[Line]:
         """A cycle with a problem. `key` groups cycles into one episode
         (default: the sentence without numbers); `cause` (e.g. the kind of
         API failure) is logged again when it changes within the episode."""
@@ -107,7 +114,8 @@ class Episodes:
                          fields)]
         out = self.clear(now, fields)
         self.current = Episode(key=key, since=now, first=sentence, end=end,
-                               causes={cause} if cause is not None else set())
+                               causes={cause} if cause is not None else set(),
+                               end_after=end_after)
         out.append(Line(level, sentence, fields, error))
         return out
 
@@ -117,6 +125,8 @@ class Episodes:
         if ep is None:
             return []
         self.current = None
+        if ep.cycles < ep.end_after:
+            return []
         text = ep.end.format(duration=duration(now - ep.since), cycles=cycles(ep.cycles),
                              first=ep.first)
         return [Line(logging.INFO, text, {**(fields or {}), "episode_cycles": ep.cycles})]
@@ -140,13 +150,16 @@ class CycleJournal:
             api = fields.get("problem")
             if isinstance(api, str) and api:
                 return self.episodes.problem(now, sentence, level, fields, error, key="api",
-                                             cause=api, end=API_END)
+                                             cause=api, end=API_END, end_after=1)
             # A role change of the same cycle ("became leader; ...") is not
             # part of the problem's wording.
             news = fields.get("election")
             own = sentence.removeprefix(f"{news}; ") if isinstance(news, str) else sentence
+            # About one guest (a failed migration): another guest is another
+            # event, even though only the numbers of the wording differ.
+            guest = f" [vm {fields['vmid']}]" if "vmid" in fields else ""
             return self.episodes.problem(now, sentence, level, fields, error,
-                                         key=sentence_kind(own))
+                                         key=sentence_kind(own) + guest)
         out = self.episodes.clear(now, {"role": fields.get("role")} if "role" in fields else {})
         kind = sentence_kind(sentence)
         if level == logging.INFO and not out and kind == self._last_kind and \

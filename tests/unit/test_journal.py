@@ -35,6 +35,7 @@ from pve_balancer.config import Config, ConfigSource
 from pve_balancer.daemon import Daemon
 from pve_balancer.display import display_safe, display_safe_block
 from pve_balancer.env import PveEnvironment
+from pve_balancer.episodes import CycleJournal
 from pve_balancer.leadership import AlwaysLeader
 from pve_balancer.notify import Notifier
 from pve_balancer.paths import PveRoot
@@ -405,11 +406,11 @@ def test_process_a_missing_token_is_two_lines_however_long_it_lasts(tmp_path: Pa
         token = hs.root / "priv" / "pve-balancer.token"
         line = token.read_text()
         token.unlink()
-        proc = run_agent(hs, "--cycles", "6")
+        proc = run_agent(hs, "--cycles", "4")
         assert proc.stderr is not None
         out = Lines(proc.stderr)
         try:
-            out.wait_for("(again: 3 cycles in")
+            out.wait_for("(again: 2 cycles in")
             token.write_text(line)
             token.chmod(0o600)
             assert proc.wait(timeout=60) == 0
@@ -429,7 +430,7 @@ def test_process_broken_resource_entries_are_said_once(tmp_path: Path) -> None:
     with https_sim(tmp_path, BALANCED, config="interval: 2\n") as hs:
         hs.faults.add(kind="missing_fields", method="GET", path="/cluster/resources",
                       fields=("node",))
-        proc = run_agent(hs, "--cycles", "4")
+        proc = run_agent(hs, "--cycles", "3")
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     skipped = [x for x in err.splitlines() if "skipped" in x and "DEBUG" not in x]
@@ -444,3 +445,23 @@ def test_process_guest_names_reach_the_journal_escaped(tmp_path: Path) -> None:
     assert "dry run, not started" in err and "\\x1b]0;owned" in err
     assert not unsafe_chars(err), repr(err)
     assert not any(line.startswith("INFO migrated") for line in err.splitlines())
+
+
+def test_one_off_problems_are_one_line_each_and_other_guests_are_news() -> None:
+    journal_ = CycleJournal()
+    fails = [journal_.lines(t, f"migration of vm {v} (vm{v}) pve1 → pve2 could not start: "
+                            f"HTTP 500; vm {v} in cooldown for 900 s", logging.WARNING,
+                            {"vmid": v})
+             for t, v in ((0.0, 105), (5.0, 104))]
+    after = journal_.lines(10.0, "no action: balanced", logging.INFO)
+    assert [[(x.level, x.text[:19]) for x in lines] for lines in fails] == [
+        [(logging.WARNING, "migration of vm 105")], [(logging.WARNING, "migration of vm 104")]]
+    assert [x.text for x in after] == ["no action: balanced"], "no end line for one-off events"
+    # a condition that lasts has an end
+    for t in (15.0, 20.0, 25.0):
+        journal_.lines(t, "passive: no valid configuration in /etc/pve/balancer.yaml",
+                       logging.WARNING)
+    end = journal_.lines(30.0, "no action: balanced", logging.INFO)
+    assert [x.text for x in end] == [
+        "resolved after 15 s (3 cycles): passive: no valid configuration in "
+        "/etc/pve/balancer.yaml", "no action: balanced"]
