@@ -41,7 +41,7 @@ from .policy import (
     gave_up,
     track_memory_pressure,
 )
-from .pve import PveError
+from .pve import MIGRATION_TASK_TYPES, PveError
 from .status import DecisionRecord, NodeRecord
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,12 @@ class Agent:
         return self.env.election.describe()
 
     def release(self) -> None:
-        """Orderly stop: give leadership up so a standby takes over at once."""
+        """Orderly stop: say in status.json that nobody leads (only while
+        the lock is still ours, so a successor's status is never
+        overwritten), then give leadership up so a standby takes over at
+        once."""
+        if self._leading and self.env.election.is_leader:
+            self.env.publish_release(self.env.now())
         self.env.election.release()
 
     def _rng_for(self, config: Config) -> random.Random:
@@ -161,12 +166,14 @@ class Agent:
             prefix = f"{change}; " if change else ""
             result = self._cycle(now, prefix)
         except PveError as exc:
-            result = CycleResult(f"{prefix}cannot reach the PVE API: {exc}", logging.WARNING)
+            result = CycleResult(f"{prefix}{exc.sentence}", logging.WARNING,
+                                 {"problem": exc.kind})
         except Exception as exc:  # the loop must survive anything
             result = CycleResult(f"{prefix}cycle failed: {type(exc).__name__}: {exc}",
                                  logging.ERROR, error=exc)
         role = "leader" if self._leading else "standby"
-        return replace(result, fields={"role": role, **result.fields})
+        news = {"election": prefix.removesuffix("; ")} if prefix else {}
+        return replace(result, fields={"role": role, **news, **result.fields})
 
     def _cycle(self, now: float, prefix: str) -> CycleResult:
         election = self.env.election
@@ -402,13 +409,27 @@ class Agent:
 
     # ------------------------------------------------------------ plan
 
+    def _settle_after_ended(self, tasks: tuple[Task, ...], now: float) -> None:
+        """A plan did not follow the migrations that just ended: the same
+        settle pause as after one this agent followed, from the task list."""
+        ended = [t for t in tasks if t.kind in MIGRATION_TASK_TYPES and not t.running
+                 and t.endtime is not None and now - t.endtime < STATS_SETTLE]
+        if ended:
+            last = max(ended, key=lambda t: t.endtime or 0.0)
+            assert last.endtime is not None
+            self.settle_until = max(self.settle_until, last.endtime + STATS_SETTLE)
+            self.settle_after = f"the migration of vm {last.vmid}"
+
     def plan(self) -> Plan:
-        """Sample once (warming EMAs from RRD), decide, act not at all."""
+        """Sample once (warming EMAs from RRD), decide, act not at all; a
+        migration that ended within the settle pause holds the decision
+        back as it would hold the agent's."""
         config = self.config_source.config
         if config is None:
             raise ValueError(f"no valid configuration in {self.config_source.path}")
         now = self.env.now()
-        snapshot, _tasks = self._sample(now)
+        snapshot, tasks = self._sample(now)
+        self._settle_after_ended(tasks, now)
         decision = self.evaluate(snapshot, config, now)
         return Plan(decision=decision, snapshot=snapshot,
                     estimates=self.estimator.estimates(), config=config,

@@ -9,31 +9,55 @@ Every path the agent uses derives from one root, `--pve-root` (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__, provision
 from .agent import Agent, Plan
 from .config import Config, ConfigSource, load_config
+from .display import display_safe
 from .election import PmxcfsElection
 from .env import PveEnvironment, SystemClock
 from .journal import setup_logging
 from .leadership import AlwaysLeader, Election
 from .model import Snapshot
 from .paths import DEFAULT_ROOT, PveRoot
-from .pve import ApiToken, PveClient, PveError, TokenError, connect
-from .status import StatusWriter, is_stale, read_status
+from .pve import PveClient, PveError, TokenError, connect, open_token
+from .status import StatusWriter, leader_state, read_status
 
 log = logging.getLogger("pve_balancer")
 
 DEFAULT_API_URL = "https://localhost:8006"
+
+# `status` exit codes, as Nagios-style checks read them. The leader's state
+# decides; the live sample only when the leader is fine.
+STATUS_OK = 0
+"""OK: a leader published its status within the staleness bound."""
+STATUS_STALE = 1
+"""WARNING: the leader stopped refreshing its status (it may be gone, or a
+standby is about to take over after the lock's lifetime)."""
+STATUS_NO_LEADER = 2
+"""CRITICAL: no leader: no status at all, or the last leader stopped
+cleanly and nobody took over (no agent running anywhere)."""
+STATUS_API_UNREACHABLE = 3
+"""UNKNOWN: the leader is fine by its status, but this node's API could not
+be asked for the live sample, so what `status` shows is not confirmed."""
+
+PLAN_SEED = 0
+"""The seed `plan` uses when the configuration leaves `seed` null."""
+
+BROKEN_PIPE = 141
+"""Exit status when the reader of our output went away (`plan | head`):
+128 + SIGPIPE, what a shell reports for a command that pipe killed."""
 
 
 def short_hostname() -> str:
@@ -141,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_client(args: argparse.Namespace, paths: PveRoot, timeout: float = 10.0) -> PveClient:
-    token = ApiToken.read(paths.token)
-    return connect(args.api_url, token, verify=str(paths.ca), timeout=timeout)
+    """The client `run`, `plan` and `status` use: the token file and the CA
+    of the PVE root; every failure is a `PveError` that names its cause."""
+    token = open_token(paths.token)
+    return connect(args.api_url, token, verify=str(paths.ca), timeout=timeout,
+                   token_file=paths.token)
 
 
 def make_election(args: argparse.Namespace, paths: PveRoot, single: bool,
@@ -186,22 +213,24 @@ def _when(ts: object) -> str:
 
 def node_table(snapshot: Snapshot | None, emas: dict[str, float | None],
                config: Config, out: TextIO, fallback: list[dict[str, Any]] | None = None) -> None:
+    """The node table; node names are escaped (`display.display_safe`)."""
     out.write(f"{'NODE':<16}{'STATE':<13}{'CPU':>7}{'CPU EMA':>9}{'MEM':>9}{'MAXMEM':>9}"
               f"{'MEM%':>8}\n")
+    safe_emas = {display_safe(k): v for k, v in emas.items()}
     rows: list[tuple[str, str, float | None, int, int]] = []
     if snapshot is not None:
         for n in snapshot.nodes:
             state = "maintenance" if n.maintenance else ("online" if n.online else "offline")
-            rows.append((n.name, state, n.cpu, n.mem, n.maxmem))
+            rows.append((display_safe(n.name), state, n.cpu, n.mem, n.maxmem))
     else:
         for item in fallback or []:
             state = "maintenance" if item.get("maintenance") else (
                 "online" if item.get("online") else "offline")
-            rows.append((str(item.get("name")), state, item.get("cpu"),
+            rows.append((display_safe(item.get("name")), state, item.get("cpu"),
                          int(item.get("mem") or 0), int(item.get("maxmem") or 0)))
     for name, state, cpu, mem, maxmem in rows:
         frac = mem / maxmem if maxmem else None
-        out.write(f"{name:<16}{state:<13}{_pct(cpu):>7}{_pct(emas.get(name)):>9}"
+        out.write(f"{name:<16}{state:<13}{_pct(cpu):>7}{_pct(safe_emas.get(name)):>9}"
                   f"{_gib(mem):>9}{_gib(maxmem):>9}{_pct(frac):>8}\n")
     out.write(f"thresholds: cpu_max {100 * config.cpu_max:.0f}% (EMA), memory_max "
               f"{100 * config.memory_max:.0f}%, safety margin {100 * config.safety_margin:.0f}%"
@@ -265,6 +294,10 @@ def plan_document(plan: Plan) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     config = _load_for_command(paths)
+    if config.seed is None:
+        # The same cluster gives the same plan: an operator comparing two
+        # runs (or a plan with what followed) sees a change, not chance.
+        config = replace(config, seed=PLAN_SEED)
     client = open_client(args, paths)
     env = PveEnvironment(node=args.node, connect=lambda: client, election=AlwaysLeader())
     plan = Agent(env, ConfigSource.fixed(config)).plan()
@@ -272,15 +305,16 @@ def cmd_plan(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
         out.write(json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n")
         return 0
     d = plan.decision
-    out.write(f"decision: {d.reason}\n")
+    out.write(f"decision: {display_safe(d.reason)}\n")
     out.write(f"mode: {d.mode.value if d.mode else 'none'}\n")
     m = d.migration
     if m is not None:
-        out.write(f"migration: vm {m.vmid} ({m.name}) {m.source} -> {m.target}"
+        out.write(f"migration: vm {m.vmid} ({display_safe(m.name)}) {display_safe(m.source)} "
+                  f"-> {display_safe(m.target)}"
                   f"{' (HA)' if m.ha_managed else ''}\n")
         for label, node, before, after in (("source", m.source, m.source_before, m.source_after),
                                            ("target", m.target, m.target_before, m.target_after)):
-            out.write(f"  {label} {node}: cpu {_pct(before.cpu).strip()} -> "
+            out.write(f"  {label} {display_safe(node)}: cpu {_pct(before.cpu).strip()} -> "
                       f"{_pct(after.cpu).strip()}, memory {_pct(before.mem_fraction).strip()} "
                       f"-> {_pct(after.mem_fraction).strip()}\n")
     if not plan.estimates.node_cpu_ready:
@@ -288,9 +322,21 @@ def cmd_plan(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
     node_table(plan.snapshot, dict(plan.estimates.node_cpu), config, out)
     if plan.unmovable:
         out.write("cannot migrate live: " + ", ".join(
-            f"vm {v} ({why})" for v, why in sorted(plan.unmovable.items())) + "\n")
+            f"vm {v} ({display_safe(why)})" for v, why in sorted(plan.unmovable.items())) + "\n")
     out.write(f"API requests: {plan.requests}\n")
     return 0
+
+
+def status_code(state: str, live_error: str) -> int:
+    """The exit status of `status` (see STATUS_*): the leader's state first;
+    with a leader in good health, a failed live sample."""
+    if state == "leading":
+        return STATUS_API_UNREACHABLE if live_error else STATUS_OK
+    return STATUS_STALE if state == "stale" else STATUS_NO_LEADER
+
+
+STATE_NAMES = {STATUS_OK: "ok", STATUS_STALE: "stale", STATUS_NO_LEADER: "no-leader",
+               STATUS_API_UNREACHABLE: "api-unreachable"}
 
 
 def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
@@ -304,33 +350,41 @@ def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
         try:
             client = open_client(args, paths, timeout=5.0)
             snapshot, _ = client.sample(now)
-        except (PveError, TokenError) as exc:
-            live_error = str(exc)
+        except PveError as exc:
+            live_error = exc.sentence
+    state = leader_state(doc, now)
+    code = status_code(state, live_error)
     emas: dict[str, float | None] = {}
     if doc is not None:
         for item in doc.get("nodes") or []:
             if isinstance(item, dict) and isinstance(item.get("cpu_ema"), int | float):
                 emas[str(item.get("name"))] = float(item["cpu_ema"])
     if args.json:
-        out.write(json.dumps({"status": doc, "live": None if snapshot is None else {
+        out.write(json.dumps({"status": doc, "state": STATE_NAMES[code], "live": None
+                              if snapshot is None else {
             "nodes": [asdict(n) for n in snapshot.nodes],
             "migrations_running": list(snapshot.in_flight())},
             "live_error": live_error or None}, indent=2, sort_keys=True, default=str) + "\n")
-        return 0
+        return code
     if doc is None:
-        out.write(f"leader: unknown (no {paths.status}; is any agent leading?)\n")
+        out.write(f"leader: none (no {paths.status}; is any agent running?)\n")
+    elif state in ("none", "released"):
+        who = display_safe(doc.get("released_by") or "the last leader")
+        out.write(f"leader: none ({who} stopped at {_when(doc.get('released'))} and gave up "
+                  "the lock; a running standby takes over within seconds)\n")
     else:
         updated = doc.get("updated")
-        stale = is_stale(doc, now)
-        out.write(f"leader: {doc.get('leader')} since {_when(doc.get('since'))} "
+        stale = state == "stale"
+        out.write(f"leader: {display_safe(doc.get('leader'))} since {_when(doc.get('since'))} "
                   f"(updated {_age(now, updated)}{'; STALE: leader may be gone' if stale else ''}"
                   ")\n")
-        if doc.get("last_action"):
-            out.write(f"last cycle: {doc.get('last_action')}\n")
+    if doc is not None and doc.get("last_action"):
+        out.write(f"last cycle: {display_safe(doc.get('last_action'))}\n")
     if snapshot is None and live_error:
-        out.write(f"live sample unavailable: {live_error}\n")
+        out.write(f"live sample unavailable: {display_safe(live_error)}\n")
     if snapshot is not None and snapshot.in_flight():
-        out.write("migrations running: " + ", ".join(snapshot.in_flight()) + "\n")
+        out.write("migrations running: " + ", ".join(map(display_safe, snapshot.in_flight()))
+                  + "\n")
     out.write("\n")
     node_table(snapshot, emas, config, out,
                fallback=[n for n in (doc or {}).get("nodes") or [] if isinstance(n, dict)])
@@ -340,10 +394,11 @@ def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
         for item in decisions[-10:]:
             if not isinstance(item, dict):
                 continue
-            out.write(f"  {_when(item.get('time'))}  {item.get('mode', '?'):<9} vm "
-                      f"{item.get('vmid')} {item.get('source')} -> {item.get('target')}: "
-                      f"{item.get('result')}\n")
-    return 0
+            mode, vmid, source, target, outcome = (display_safe(item.get(k, "?")) for k in (
+                "mode", "vmid", "source", "target", "result"))
+            out.write(f"  {_when(item.get('time'))}  {mode:<9} vm {vmid} {source} -> "
+                      f"{target}: {outcome}\n")
+    return code
 
 
 def cmd_run(args: argparse.Namespace, paths: PveRoot) -> int:
@@ -354,13 +409,8 @@ def cmd_run(args: argparse.Namespace, paths: PveRoot) -> int:
     clock = SystemClock()
     election = make_election(args, paths, args.single, clock)
 
-    def factory() -> PveClient:
-        try:
-            return open_client(args, paths)
-        except TokenError as exc:
-            raise PveError(str(exc)) from exc
-
-    env = PveEnvironment(node=args.node, connect=factory, election=election, clock=clock,
+    env = PveEnvironment(node=args.node, connect=lambda: open_client(args, paths),
+                         election=election, clock=clock,
                          status=StatusWriter(paths.status, args.node))
     daemon = Daemon(Agent(env, source), clock)
     daemon.install_signal_handlers()
@@ -382,18 +432,36 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     paths = PveRoot(args.pve_root, args.config)
     setup_logging(args.verbose)
     try:
-        if args.command == "check-config":
-            return cmd_check_config(args, paths, out)
-        if args.command == "plan":
-            return cmd_plan(args, paths, out)
-        if args.command == "status":
-            return cmd_status(args, paths, out)
-        if args.command == "run":
-            return cmd_run(args, paths)
-        if args.command == "setup":
-            return cmd_setup(args, paths)
-    except (PveError, TokenError) as exc:
-        sys.stderr.write(f"pve-balancer: {exc}\n")
+        code = _dispatch(parser, args, paths, out)
+        out.flush()
+        return code
+    except BrokenPipeError:
+        # The reader is gone (`plan | head`): nothing left to say to it, and
+        # no traceback. Python would flush stdout again at exit: point it
+        # at /dev/null first.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
+    except PveError as exc:
+        sys.stderr.write(f"pve-balancer: {display_safe(exc.sentence)}\n")
         return 1
+    except TokenError as exc:
+        sys.stderr.write(f"pve-balancer: {display_safe(exc)}\n")
+        return 1
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, paths: PveRoot,
+              out: TextIO) -> int:
+    if args.command == "check-config":
+        return cmd_check_config(args, paths, out)
+    if args.command == "plan":
+        return cmd_plan(args, paths, out)
+    if args.command == "status":
+        return cmd_status(args, paths, out)
+    if args.command == "run":
+        return cmd_run(args, paths)
+    if args.command == "setup":
+        return cmd_setup(args, paths)
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover - parser.error exits

@@ -14,36 +14,36 @@ The loop keeps a fixed rate (cycle starts are `interval` apart, not
 `interval` after the previous cycle ended) and warns when a cycle overruns;
 missed slots are skipped rather than run back to back.
 
-Journal volume: a quiet cluster would otherwise write a near-identical line
-every 5 s. A sentence is logged at INFO when its wording (ignoring numbers)
-changes, and repeated at most every `HEARTBEAT` seconds; the rest go to
-DEBUG (`-v`).
+Journal volume (`episodes`): a quiet cluster would otherwise write a
+near-identical line every 5 s, and a lasting problem a WARNING every cycle.
+A sentence is logged at INFO when its wording (ignoring numbers) changes,
+and repeated at most every `HEARTBEAT` seconds; a problem (WARNING, ERROR)
+is logged once when it starts and once, at INFO, when it ends, with its
+duration and the number of cycles; the repeats go to DEBUG (`-v`). Cycle
+overruns are told the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 
 from .agent import Agent, CycleResult
+from .display import display_safe
 from .env import Clock
+from .episodes import HEARTBEAT, CycleJournal, Episodes, Line, sentence_kind
 from .journal import log_sentence
 from .notify import Notifier
 
 log = logging.getLogger("pve_balancer")
 
-HEARTBEAT = 300.0
+__all__ = ["HEARTBEAT", "SLEEP_SLICE", "Daemon", "sentence_kind"]
+
 SLEEP_SLICE = 0.5
 """Longest single sleep, so a stop flag set by a signal is seen promptly."""
-
-
-def sentence_kind(sentence: str) -> str:
-    """The wording of a sentence without its numbers (for de-duplication)."""
-    return re.sub(r"[-+]?\d[\d.:]*", "#", sentence)
 
 
 class Daemon:
@@ -58,8 +58,8 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.cycles = 0
         self.overruns = 0
-        self._last_kind = ""
-        self._last_logged = float("-inf")
+        self.journal = CycleJournal()
+        self._overrun_episode = Episodes()
 
     # -- signals
 
@@ -81,15 +81,8 @@ class Daemon:
         return config.interval if config is not None else self.default_interval
 
     def _log(self, result: CycleResult, now: float) -> None:
-        kind = sentence_kind(result.sentence)
-        level = result.level
-        if level == logging.INFO and kind == self._last_kind and \
-                now - self._last_logged < HEARTBEAT:
-            level = logging.DEBUG
-        else:
-            self._last_kind = kind
-            self._last_logged = now
-        log_sentence(log, result.sentence, result.fields, level, error=result.error)
+        _write(self.journal.lines(now, result.sentence, result.level, result.fields,
+                                  result.error))
 
     def run_once(self) -> CycleResult:
         """One cycle with its logging and notifications."""
@@ -108,7 +101,9 @@ class Daemon:
         self.cycles += 1
         self._log(result, self.clock.now())
         role = self.agent.role()
-        self.notifier.status(f"{role}: {result.sentence}")
+        # One line: a newline from a guest name would start another sd_notify
+        # assignment (STOPPING=1, MAINPID=...).
+        self.notifier.status(display_safe(f"{role}: {result.sentence}"))
         self.notifier.watchdog()
         if self.cycles == 1:
             self.notifier.ready()
@@ -148,9 +143,14 @@ class Daemon:
             if now > next_start:
                 late = now - next_start + interval
                 self.overruns += 1
-                log.warning("cycle took %.1f s, longer than the %.0f s interval; skipping "
-                            "the missed slot", late, interval)
+                _write(self._overrun_episode.problem(
+                    now, f"cycle took {late:.1f} s, longer than the {interval:.0f} s interval; "
+                    "skipping the missed slot", logging.WARNING, key="overrun",
+                    end=f"cycles within the {interval:.0f} s interval again after {{duration}}, "
+                    "{cycles} overran"))
                 next_start = now
+            else:
+                _write(self._overrun_episode.clear(now))
             self._sleep_until(next_start)
             if limit is not None and self.cycles >= limit:
                 break
@@ -162,3 +162,8 @@ class Daemon:
         except Exception as exc:  # never block an orderly stop
             log.warning("releasing leadership failed: %s", exc)
         log.info("stopped after %d cycles", self.cycles)
+
+
+def _write(lines: list[Line]) -> None:
+    for line in lines:
+        log_sentence(log, line.text, line.fields, line.level, error=line.error)

@@ -100,6 +100,11 @@ class Environment(Protocol):
         """The leader's cycle ended with `sentence`; publish when due."""
         ...
 
+    def publish_release(self, now: float) -> None:
+        """The leader stops cleanly (it still holds the lock): publish that
+        nobody leads now."""
+        ...
+
 
 class PveEnvironment:
     """The real environment: a node's PVE API, its clock, its election.
@@ -190,3 +195,7 @@ class PveEnvironment:
         if self.status is not None:
             self.status.note(sentence)
             self.status.maybe_write(now)
+
+    def publish_release(self, now: float) -> None:
+        if self.status is not None:
+            self.status.release(now)

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import ssl
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,13 +48,82 @@ RRD_MAX_AGE = 600.0
 clock is not used for warm-up."""
 
 
+HEADLINES = {
+    "unreachable": "cannot reach the PVE API",
+    "error-answer": "cannot reach the PVE API",
+    "bad-answer": "cannot reach the PVE API",
+    "tls": "cannot verify the PVE API",
+    "token": "no usable API token",
+    "token-refused": "the PVE API refused the token",
+}
+"""What a cycle that failed on the API says first, by the kind of failure."""
+
+
 class PveError(Exception):
     """The API could not be asked or answered nonsense. The message names
-    the request and the cause, ready for the journal."""
+    the request and the cause, ready for the journal, with what to do where
+    the cause is known (a refused token: its file and `pve-balancer setup`;
+    TLS: the CA file; a refused connection: the URL).
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    `kind` sorts the failure for the journal and monitoring
+    (`PVE_BALANCER_PROBLEM`): "unreachable" (no connection, reset, timeout),
+    "error-answer" (an HTTP error other than 401/403), "bad-answer" (not
+    JSON, not the expected shape), "tls", "token" (no usable token file),
+    "token-refused" (HTTP 401/403)."""
+
+    def __init__(self, message: str, status: int | None = None, *, kind: str = "bad-answer",
+                 headline: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
+        self.headline = headline or HEADLINES.get(kind, HEADLINES["unreachable"])
+
+    @property
+    def sentence(self) -> str:
+        """The journal sentence of a cycle that failed on this."""
+        return f"{self.headline}: {self}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what requests and urllib3 wrapped inside it (arguments,
+    `reason`, cause and context), outermost first."""
+    out: list[BaseException] = []
+    todo: list[object] = [exc]
+    while todo and len(out) < 30:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or any(e is x for x in out):
+            continue
+        out.append(e)
+        todo.extend(a for a in e.args if isinstance(a, BaseException))
+        todo.extend(x for x in (getattr(e, "reason", None), e.__cause__, e.__context__)
+                    if isinstance(x, BaseException))
+    return out
+
+
+def _cert_problem(exc: BaseException) -> str | None:
+    """Why the certificate was not accepted, if that is what failed."""
+    for e in _causes(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return str(e.verify_message or e.reason or "no reason given")
+    return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """What went wrong at the bottom, in a few words ("Connection refused"),
+    or "" when nothing better than the outer text is found."""
+    for e in _causes(exc):
+        if isinstance(e, OSError) and e.errno is not None and e.strerror:
+            return str(e.strerror)
+    return ""
+
+
+def _plain(exc: BaseException) -> str:
+    """An exception's own text unless it is urllib3's wrapping (pool, object
+    addresses), which says nothing to an operator."""
+    text = str(exc)
+    if not text or "HTTPSConnectionPool" in text or "object at 0x" in text:
+        return type(exc).__name__
+    return text
 
 
 class TokenError(ValueError):
@@ -102,7 +172,8 @@ class ApiToken:
     @classmethod
     def read(cls, path: Path) -> ApiToken:
         """The token of the token file (see `find`); a missing file or one
-        without a token line is an error too."""
+        without a token line is an error too (`TokenError`; `PveClient`
+        users get it as a `PveError` of kind "token" from `open_token`)."""
         token = cls.find(path)
         if token is None:
             if not path.exists():
@@ -441,8 +512,17 @@ class PveClient:
     from it. All methods raise `PveError` on failure, never proxmoxer's or
     requests' exceptions."""
 
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: Any, *, url: str = "", ca: str | None = None,
+                 token_id: str = "", token_file: Path | None = None,
+                 timeout: float | None = None) -> None:
         self.api = api
+        self.url = url
+        """Where the API is, the CA that verifies it and the token: named in
+        error messages so the operator knows what to check."""
+        self.ca = ca
+        self.token_id = token_id
+        self.token_file = token_file
+        self.timeout = timeout
         self._slow: dict[str, _Cached] = {}
         self._version: int | None = None
         self.requests = 0
@@ -459,23 +539,69 @@ class PveClient:
                 return resource.get(**params)
             return resource.post(**params)
         except ResourceException as exc:
-            raise PveError(f"{method} {text}: HTTP {exc.status_code} {exc.content}".strip(),
-                           status=exc.status_code) from exc
+            raise self._http_error(method, text, exc) from exc
         except requests.exceptions.SSLError as exc:
-            raise PveError(f"{method} {text}: TLS verification failed ({exc})") from exc
+            raise self._tls_error(method, text, exc) from exc
         except requests.exceptions.Timeout as exc:
-            raise PveError(f"{method} {text}: timed out") from exc
+            after = f" after {self.timeout:g} s" if self.timeout else ""
+            raise PveError(f"{method} {text}: timed out{after}", kind="unreachable") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise self._connection_error(method, text, exc) from exc
         except requests.exceptions.RequestException as exc:
-            raise PveError(f"{method} {text}: {type(exc).__name__}: {exc}") from exc
+            raise PveError(f"{method} {text}: {type(exc).__name__}: {_plain(exc)}",
+                           kind="unreachable") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise PveError(f"{method} {text}: unreadable answer ({exc})") from exc
+
+    # -- errors, named for an operator
+
+    def _where(self) -> str:
+        return self.url or "the API"
+
+    def _http_error(self, method: str, text: str, exc: ResourceException) -> PveError:
+        status = exc.status_code
+        message = f"{method} {text}: HTTP {status} {exc.content}".strip()
+        if status in (401, 403):
+            who = f"the PVE API refused the token {self.token_id}".strip()
+            if status == 401:
+                where = f"the token in {self.token_file}" if self.token_file else "the API token"
+                hint = f"check {where} or run `pve-balancer setup`"
+            else:
+                hint = ("`pve-balancer setup` grants the token the PVEBalancer role "
+                        "(Sys.Audit, VM.Audit, VM.Migrate on /)")
+            return PveError(f"{message}; {hint}", status=status, kind="token-refused",
+                            headline=who)
+        return PveError(message, status=status, kind="error-answer")
+
+    def _tls_error(self, method: str, text: str, exc: Exception) -> PveError:
+        problem = _cert_problem(exc)
+        ca = f"the CA in {self.ca}" if self.ca else "the system's CA store"
+        if problem is not None:
+            detail = f"certificate verify failed ({problem}) against {ca}"
+        else:
+            inner = next((e for e in _causes(exc) if isinstance(e, ssl.SSLError)), None)
+            why = (inner.reason or inner.strerror) if inner is not None else None
+            detail = f"TLS handshake failed ({why or _root_cause(exc) or _plain(exc)})"
+        return PveError(f"{method} {text}: {detail}", kind="tls",
+                        headline=f"cannot verify the PVE API at {self._where()}")
+
+    def _connection_error(self, method: str, text: str, exc: Exception) -> PveError:
+        cause = _root_cause(exc)
+        if "refused" in cause.lower():
+            return PveError(f"connection to {self._where()} refused ({method} {text}); is "
+                            "pveproxy running?", kind="unreachable")
+        if cause:
+            return PveError(f"connection to {self._where()} failed ({method} {text}): {cause}",
+                            kind="unreachable")
+        return PveError(f"{method} {text}: {_plain(exc)}", kind="unreachable")
 
     def get(self, *path: str | int, **params: Any) -> Any:
         data = self._call("GET", path, **params)
         if isinstance(data, Mapping) and set(data) == {"errors"} and isinstance(
                 data["errors"], bytes | str):
             # proxmoxer's way of saying the body was not JSON.
-            raise PveError(f"GET /{'/'.join(str(p) for p in path)}: body is not JSON")
+            raise PveError(f"GET /{'/'.join(str(p) for p in path)}: body is not JSON",
+                           kind="bad-answer")
         return data
 
     def _slow_get(self, key: str, now: float, path: Sequence[str], default: Any) -> Any:
@@ -585,25 +711,36 @@ class PveClient:
 
 
 def connect(api_url: str, token: ApiToken, verify: str | bool = True,
-            timeout: float = 10.0) -> PveClient:
+            timeout: float = 10.0, token_file: Path | None = None) -> PveClient:
     """A client for the API at `api_url` (e.g. https://localhost:8006).
 
     `verify` is a CA bundle path (normally `/etc/pve/pve-root-ca.pem`), True
-    for the system store, or False (never by default). Nothing is sent until
-    the first request.
+    for the system store, or False (never by default). `token_file`, where
+    the token was read from, is named when the API refuses the token.
+    Nothing is sent until the first request.
     """
     parts = urlsplit(api_url if "://" in api_url else f"https://{api_url}")
     if parts.scheme != "https":
-        raise PveError(f"API URL {api_url!r}: only https is supported")
+        raise PveError(f"API URL {api_url!r}: only https is supported", kind="unreachable")
     if not parts.hostname:
-        raise PveError(f"API URL {api_url!r}: no host")
+        raise PveError(f"API URL {api_url!r}: no host", kind="unreachable")
     if isinstance(verify, str) and not os.path.exists(verify):
-        raise PveError(f"CA file {verify} does not exist (needed to verify {api_url})")
+        raise PveError(f"CA file {verify} does not exist (needed to verify {api_url})",
+                       kind="tls", headline=f"cannot verify the PVE API at {api_url}")
     host = parts.hostname
     if ":" in host:
         host = f"[{host}]"
     api = ProxmoxAPI(host, port=parts.port or 8006, user=token.userid,
                      token_name=token.token_name, token_value=token.secret,
                      verify_ssl=verify, timeout=timeout, backend="https", service="PVE")
-    return PveClient(api)
+    return PveClient(api, url=api_url, ca=verify if isinstance(verify, str) else None,
+                     token_id=token.token_id, token_file=token_file, timeout=timeout)
 
+
+def open_token(path: Path) -> ApiToken:
+    """The token of the token file, or a `PveError` of kind "token" that says
+    what is wrong with the file and how to get one."""
+    try:
+        return ApiToken.read(path)
+    except TokenError as exc:
+        raise PveError(f"{exc}; `pve-balancer setup` writes it", kind="token") from exc

@@ -11,9 +11,16 @@ when something changed (new leader, new decision), otherwise a refresh every
 `updated`. Each write is a temp file plus rename, so readers never see half
 a file.
 
-This module also owns two facts other modules rely on: when a published
-status is stale (its leader is presumably gone, `is_stale`), and how a file
-in /etc/pve is replaced safely (`write_atomic`, also used by `setup`).
+A leader that stops cleanly says so before it gives up the lock
+(`StatusWriter.release`): `leader` becomes null and `released_by` and
+`released` say who stopped when, so `status` reports "no leader" at once
+instead of naming a stopped node until its status goes stale. It writes
+while it still holds the lock, so a successor's status is never overwritten.
+
+This module also owns the facts other modules rely on: when a published
+status is stale (its leader is presumably gone, `is_stale`), what a
+document says about the leader (`leader_state`), and how a file in
+/etc/pve is replaced safely (`write_atomic`, also used by `setup`).
 """
 
 from __future__ import annotations
@@ -48,6 +55,19 @@ def is_stale(doc: Mapping[str, Any], now: float) -> bool:
     if isinstance(refresh, bool) or not isinstance(refresh, int | float):
         refresh = REFRESH
     return now - float(updated) > max(4 * float(refresh), STALE_AFTER_MIN)
+
+
+def leader_state(doc: Mapping[str, Any] | None, now: float) -> str:
+    """What a published document says about the leader: "leading" (fresh),
+    "stale" (no refresh for too long: gone, or a failover under way),
+    "released" (it stopped cleanly and nobody has taken over yet) or "none"
+    (no document, or one that names no leader)."""
+    if doc is None:
+        return "none"
+    leader = doc.get("leader")
+    if not isinstance(leader, str) or not leader:
+        return "released" if doc.get("released_by") else "none"
+    return "stale" if is_stale(doc, now) else "leading"
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,7 @@ class StatusWriter:
         self._since: float | None = None
         self._last_action = ""
         self._last_write: float | None = None
+        self._released: float | None = None
         self._dirty = True
         self.writes = 0
 
@@ -99,7 +120,16 @@ class StatusWriter:
 
     def became_leader(self, since: float) -> None:
         self._since = since
+        self._released = None
         self._dirty = True
+
+    def release(self, now: float) -> bool:
+        """This leader stops cleanly: publish, at once, that it no longer
+        leads (call it while the lock is still held). Whether it was
+        written."""
+        self._released = now
+        self._dirty = True
+        return self.maybe_write(now)
 
     def record(self, rec: DecisionRecord) -> None:
         self._decisions.append(rec)
@@ -115,9 +145,12 @@ class StatusWriter:
         self._last_action = last_action
 
     def document(self, now: float) -> dict[str, Any]:
+        released = {} if self._released is None else {
+            "released_by": self.node, "released": self._released}
         return {
             "version": FORMAT_VERSION,
-            "leader": self.node,
+            "leader": self.node if self._released is None else None,
+            **released,
             "since": self._since,
             "updated": now,
             "refresh": self.refresh,

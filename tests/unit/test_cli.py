@@ -107,7 +107,7 @@ def test_status_renders_the_leaders_file_without_api(tmp_path: Path) -> None:
 
 def test_status_without_file_says_so(tmp_path: Path) -> None:
     code, out = run_cli("--pve-root", str(tmp_path), "status", "--no-live")
-    assert code == 0 and out.startswith("leader: unknown")
+    assert code == cli.STATUS_NO_LEADER and out.startswith("leader: none (no ")
 
 
 def test_plan_with_missing_token_is_a_clear_error(tmp_path: Path,
@@ -222,7 +222,10 @@ def test_plan_refuses_a_wrong_ca(served: dict[str, Any], tmp_path: Path,
     (root / "pve-root-ca.pem").write_bytes(Path(other.ca_cert_path).read_bytes())
     code, _ = run_cli("--pve-root", str(root), "--api-url", node["api_url"], "plan")
     assert code == 1
-    assert "TLS verification failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"pve-balancer: cannot verify the PVE API at {node['api_url']}: " in err
+    assert "certificate verify failed (unable to get local issuer certificate) " \
+        f"against the CA in {root / 'pve-root-ca.pem'}" in err
 
 
 def test_run_daemon_against_pvesim_serve_and_stop_on_sigterm(served: dict[str, Any]) -> None:
@@ -251,3 +254,40 @@ def test_run_daemon_against_pvesim_serve_and_stop_on_sigterm(served: dict[str, A
     assert "configuration" in err and "loaded" in err
     assert "dry run, not started: pve1 above memory_max" in err
     assert "stopped after" in err
+
+
+# -- text from the API, escaped in what the commands print ----------------------
+
+EVIL = "web\nINFO forged line\x1b]0;owned\x07\x1b[2J\u202e"
+
+
+def unsafe(text: str) -> list[str]:
+    import unicodedata
+
+    return [ch for ch in text if ch != "\n" and unicodedata.category(ch) in ("Cc", "Cf")]
+
+
+def test_status_escapes_what_came_from_the_api(tmp_path: Path) -> None:
+    writer = StatusWriter(PveRoot(tmp_path).status, "pve2")
+    writer.became_leader(time.time() - 600)
+    writer.update([NodeRecord(f"pve1{EVIL}", True, 0.83, 0.9, 40 * GIB, 64 * GIB)],
+                  {"cpu_max": 0.8, "memory_max": 0.8})
+    writer.note(f"dry run, not started: migrate vm 101 ({EVIL})")
+    writer.record(DecisionRecord(time.time() - 60, f"cpu{EVIL}", 105, EVIL, f"pve1{EVIL}",
+                                 f"pve2{EVIL}", f"failed: {EVIL}"))
+    assert writer.maybe_write(time.time())
+    code, out = run_cli("--pve-root", str(tmp_path), "status", "--no-live")
+    assert code == 0 and "\\x1b]0;owned" in out
+    assert not unsafe(out), repr(out)
+    assert not any(line.startswith("INFO forged") for line in out.splitlines())
+
+
+def test_plan_escapes_what_came_from_the_api(tmp_path: Path) -> None:
+    from tests.unit.https_sim import https_sim
+    from tests.unit.test_journal import memory_hot
+
+    with https_sim(tmp_path, memory_hot(EVIL)) as hs:
+        code, out = run_cli(*hs.cli_args("plan"))
+    assert code == 0 and "migration: vm 10" in out and "\\x1b]0;owned" in out
+    assert not unsafe(out), repr(out)
+    assert not any(line.startswith("INFO forged") for line in out.splitlines())
