@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .paths import PveRoot
+from .paths import LEADER_LOCK_NAME, PveRoot
 from .status import is_stale, read_status
 
 # Ticks are scheduled at the interval; a tick that arrives a hair early
@@ -159,7 +159,7 @@ class PmxcfsElection:
 
     def __init__(self, pve_root: Path, node: str, renew_interval: float = 10.0,
                  safety_bound: float = 60.0, clock: _Now | None = None,
-                 retry_interval: float = 5.0) -> None:
+                 retry_interval: float = 5.0, lock_name: str = LEADER_LOCK_NAME) -> None:
         if not node:
             raise ValueError("node name must not be empty")
         if renew_interval <= 0 or retry_interval <= 0:
@@ -173,7 +173,7 @@ class PmxcfsElection:
         self.safety_bound = float(safety_bound)
         self.retry_interval = float(retry_interval)
         self.clock = clock
-        self.lock = PmxcfsLock(paths.leader_lock)
+        self.lock = PmxcfsLock(paths.lock_dir / lock_name)
         self.members_path = paths.members
         self.status_path = paths.status
         self._leading = False

@@ -40,6 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEPENDENCIES = ("python3-proxmoxer", "python3-requests", "python3-yaml",
                 "python3-systemd")
 UNIT = "/usr/lib/systemd/system/pve-balancer.service"
+# The scenario's pve1 is far above the mean memory but far from memory_max:
+# proactive spread is allowed on that imbalance alone here, so the packaged
+# agent has a migration to make.
+PROACTIVE_ON_IMBALANCE = "interval: 2\nproactive_band: 0.5\nproactive_hold: 0\n"
 MAX_EXPOSURE = 2.0  # systemd-analyze security; docs/packaging.md records the figure
 
 # pve1 holds most of the memory while pve2 and pve3 idle: the proactive
@@ -234,7 +238,7 @@ def test_installed_agent_checks_plans_and_migrates_in_pvesim(
         token = pve_root / "priv" / "pve-balancer.token"
         token.write_text(f"{conn['token_id']}={conn['token_secret']}\n")
         token.chmod(0o600)
-        (pve_root / "balancer.yaml").write_text("interval: 2\n")
+        (pve_root / "balancer.yaml").write_text(PROACTIVE_ON_IMBALANCE)
         base = ["pve-balancer", "--pve-root", "/tmp/pve-root", "--node", "pve1",
                 "--api-url", conn["nodes"]["pve1"]["api_url"]]
 
@@ -356,7 +360,7 @@ def test_service_runs_sandboxed_under_systemd_in_a_booted_trixie(
         shutil.copyfile(conn["ca_cert"], pve_root / "pve-root-ca.pem")
         (pve_root / "priv/pve-balancer.token").write_text(
             f"{conn['token_id']}={conn['token_secret']}\n")
-        (pve_root / "balancer.yaml").write_text("interval: 2\n")
+        (pve_root / "balancer.yaml").write_text(PROACTIVE_ON_IMBALANCE)
         dropin = boot / "etc/systemd/system/pve-balancer.service.d"
         dropin.mkdir(parents=True)
         (dropin / "simulator.conf").write_text(
