@@ -710,7 +710,9 @@ def _armed(view: _View, state: PolicyState) -> set[str]:
     now, hold = view.snapshot.time, view.config.proactive_hold
     out: set[str] = set()
     for load in _memory_pool(view):
-        since = state.pressure_since.get(load.name)
+        # a node at risk now that nobody tracked yet (`plan`, a new term)
+        # has been at risk for 0 s: enough only when the hold is 0
+        since = state.pressure_since.get(load.name, now if _at_risk(view, load) else None)
         if since is not None and now - since >= hold and \
                 _at_risk(view, load, PROACTIVE_HYSTERESIS):
             out.add(load.name)
