@@ -27,6 +27,7 @@ from .config import Config, ConfigSource, load_config
 from .display import display_safe
 from .election import PmxcfsElection
 from .env import PveEnvironment, SystemClock
+from .episodes import duration
 from .journal import setup_logging
 from .leadership import AlwaysLeader, Election
 from .model import Snapshot
@@ -197,12 +198,7 @@ def _gib(b: float) -> str:
 def _age(now: float, then: object) -> str:
     if not isinstance(then, int | float):
         return "unknown"
-    seconds = max(0.0, now - float(then))
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
+    return f"{duration(now - float(then))} ago"
 
 
 def _when(ts: object) -> str:

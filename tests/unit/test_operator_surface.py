@@ -6,7 +6,6 @@ says what was measured."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -28,18 +27,10 @@ from pvesim.clock import VirtualClock
 from simlab.inprocess import WARMUP, attach_client, make_lab
 from tests.conftest import guest_spec, nodes_spec
 from tests.unit.https_sim import https_sim
+from tests.unit.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
-
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    try:
-        code = cli.main(list(argv), out=out)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, out.getvalue()
 
 
 def memory_hot() -> dict[str, Any]:
