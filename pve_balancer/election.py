@@ -18,7 +18,13 @@ The only module that knows pmxcfs lock semantics (docs/election.md):
   proves this node holds it (rmdir has no owner check).
 
 Every syscall error is turned into a role and a sentence; nothing here
-raises out of `tick`, `confirm`, `release` or `describe`.
+raises out of `tick`, `confirm`, `release` or `describe`. Every file-system
+call the election makes is bounded (`BoundedCalls`): a pmxcfs that is
+stopping or hung holds requests on its mount without answering, and a
+leader must not sit in such a call while it believes it leads. When a call
+does not answer in time the leader steps down and says "pmxcfs does not
+answer" once; the call keeps waiting on its own thread, and no second one is
+started until it returns.
 
 The lock protocol itself (`PmxcfsLock`) and the reading of `.members`
 (`read_membership`) live here too, and `setup` uses them for its own lock:
@@ -31,10 +37,13 @@ import contextlib
 import errno
 import json
 import os
+import queue
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .paths import LEADER_LOCK_NAME, PveRoot
 from .status import is_stale, read_status
@@ -47,6 +56,19 @@ TAKEOVER_PAUSES = (0.005, 0.01, 0.02, 0.04)
 the unlock request returns (measured on pmxcfs 9.1.6: 2.8-3.3 ms), so a
 mkdir right after it can still see EEXIST: retry after these pauses (75 ms
 in all) before waiting a whole retry interval."""
+READ_DEADLINE = 2.0
+"""Seconds a stat or a read of /etc/pve may take. pmxcfs answers reads from
+memory at once, even without quorum; one that takes longer means pmxcfs is
+stopping (measured on 9.1.6: requests held for up to ~10 s until it has
+unmounted) or hung."""
+WRITE_DEADLINE = 15.0
+"""Seconds a mkdir, renew or unlock request may take: a write during a
+membership change legitimately blocks until corosync settles (~8 s on 3
+nodes, then it proceeds on the majority or fails with EPERM on a cut
+node), so writes get more time than reads, still far below the safety
+bound. Both deadlines are capped at a quarter of the safety bound."""
+
+_T = TypeVar("_T")
 
 
 class _Now(Protocol):
@@ -55,6 +77,79 @@ class _Now(Protocol):
 
 def _errname(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno)) if exc.errno else str(exc)
+
+
+class NoAnswerError(Exception):
+    """A bounded file-system call did not return in time (or an earlier one
+    is still outstanding, so none was started)."""
+
+    def __init__(self, what: str, waited: float, earlier: bool = False) -> None:
+        self.what = what
+        self.waited = waited
+        self.earlier = earlier
+        super().__init__(f"{what}: no answer for {waited:.0f} s" if earlier
+                         else f"{what}: no answer within {waited:g} s")
+
+
+@dataclass(eq=False)
+class _Job:
+    what: str
+    call: Callable[[], object]
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    value: object = None
+    error: BaseException | None = None
+
+
+class BoundedCalls:
+    """Runs file-system calls on one worker thread and waits for each at
+    most its deadline, so that a mount that holds requests (pmxcfs stopping
+    or hung) delays the caller by the deadline, not by as long as the kernel
+    waits. A call that times out keeps its thread; until it returns, every
+    further call fails at once with `NoAnswerError` instead of stacking another
+    blocked thread on the same mount. The thread is a daemon: a stuck call
+    never keeps the process from exiting."""
+
+    def __init__(self, name: str = "pve-balancer pmxcfs") -> None:
+        self.name = name
+        self._mutex = threading.Lock()
+        self._job: _Job | None = None
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def outstanding(self) -> str | None:
+        """What the call still running is, if one is (for tests and logs)."""
+        with self._mutex:
+            return self._job.what if self._job is not None else None
+
+    def call(self, what: str, fn: Callable[[], _T], deadline: float) -> _T:
+        with self._mutex:
+            stuck = self._job
+            if stuck is not None:
+                raise NoAnswerError(stuck.what, time.monotonic() - stuck.started, earlier=True)
+            job = _Job(what, fn)
+            self._job = job
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+        if not job.done.wait(deadline):
+            raise NoAnswerError(what, deadline)
+        if job.error is not None:
+            raise job.error
+        return job.value  # type: ignore[return-value]  # what fn returned
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                job.value = job.call()
+            except BaseException as exc:  # handed to the caller, if it still waits
+                job.error = exc
+            with self._mutex:
+                self._job = None
+            job.done.set()
 
 
 class PmxcfsLock:
@@ -159,7 +254,9 @@ class PmxcfsElection:
 
     def __init__(self, pve_root: Path, node: str, renew_interval: float = 10.0,
                  safety_bound: float = 60.0, clock: _Now | None = None,
-                 retry_interval: float = 5.0, lock_name: str = LEADER_LOCK_NAME) -> None:
+                 retry_interval: float = 5.0, lock_name: str = LEADER_LOCK_NAME,
+                 read_deadline: float = READ_DEADLINE,
+                 write_deadline: float = WRITE_DEADLINE) -> None:
         if not node:
             raise ValueError("node name must not be empty")
         if renew_interval <= 0 or retry_interval <= 0:
@@ -167,12 +264,19 @@ class PmxcfsElection:
         if safety_bound <= renew_interval:
             raise ValueError(f"safety_bound ({safety_bound} s) must exceed renew_interval "
                              f"({renew_interval} s)")
+        if read_deadline <= 0 or write_deadline <= 0:
+            raise ValueError("read_deadline and write_deadline must be positive")
         paths = PveRoot(Path(pve_root))
         self.node = node
         self.renew_interval = float(renew_interval)
         self.safety_bound = float(safety_bound)
         self.retry_interval = float(retry_interval)
         self.clock = clock
+        # A call may never outlast a quarter of the safety bound: the leader
+        # must have stepped down long before another node could lead.
+        self.read_deadline = min(float(read_deadline), self.safety_bound / 4)
+        self.write_deadline = min(float(write_deadline), self.safety_bound / 4)
+        self.calls = BoundedCalls()
         self.lock = PmxcfsLock(paths.lock_dir / lock_name)
         self.members_path = paths.members
         self.status_path = paths.status
@@ -204,6 +308,8 @@ class PmxcfsElection:
     def tick(self, now: float) -> str | None:
         try:
             said = self._tick(now)
+        except NoAnswerError as exc:
+            said = self._unanswered(exc)
         except Exception as exc:  # never let a cycle die here
             self._leading = False
             said = self._say("error", f"standby: election error: {exc!r}")
@@ -228,6 +334,11 @@ class PmxcfsElection:
                                                      f"renew failed ({problem})"))
                 return False
             return True
+        except NoAnswerError as exc:
+            said = self._unanswered(exc)
+            if said:
+                self._pending.append(said)
+            return False
         except Exception as exc:
             self._leading = False
             self._pending.append(f"stepped down: election error: {exc!r}")
@@ -251,8 +362,10 @@ class PmxcfsElection:
                     f"lock left in place: the renew before rmdir failed ({problem})"
                     if was_leading else "this node does not hold the lock; nothing to release")
                 return
-            self.lock.release()
+            self._write("rmdir", self.lock.release)
             self.last_release = "lock released"
+        except NoAnswerError as exc:
+            self.last_release = f"lock left in place: pmxcfs does not answer ({exc})"
         except OSError as exc:
             self.last_release = f"lock not released: rmdir failed ({_errname(exc)})"
         except Exception as exc:
@@ -269,9 +382,24 @@ class PmxcfsElection:
             return "standby (leader: unknown)"
 
     # ------------------------------------------------------------- internals
+    def _read(self, what: str, fn: Callable[[], _T]) -> _T:
+        """`fn` (a stat or read named by `what`) within the read deadline."""
+        return self.calls.call(what, fn, self.read_deadline)
+
+    def _write(self, what: str, fn: Callable[[], _T]) -> _T:
+        """`fn` (a write to the lock, `what` names it) within the write deadline."""
+        return self.calls.call(f"{what} {self.lock.path}", fn, self.write_deadline)
+
+    def _unanswered(self, exc: NoAnswerError) -> str | None:
+        """A leader steps down at once; either role says it once."""
+        text = f"pmxcfs does not answer ({exc})"
+        if self._leading:
+            return self._step_down("unanswered", text)
+        return self._say("unanswered", f"standby: {text}")
+
     def _tick(self, now: float) -> str | None:
         self._last_now = now
-        unreadable = self.lock.unreadable()
+        unreadable = self._read(f"stat {self.lock.path.parent}", self.lock.unreadable)
         if unreadable:  # pmxcfs is not mounted: nothing can be known or done
             text = f"cannot read {self.lock.path.parent} ({unreadable}); is pmxcfs running?"
             if self._leading:
@@ -300,14 +428,14 @@ class PmxcfsElection:
 
     def _try_acquire(self, now: float) -> str | None:
         try:
-            if self.lock.take():
+            if self._write("mkdir", self.lock.take):
                 return self._become_leader(now, "became leader (lock acquired)")
             # Held. By this node (agent restarted)? Then a renew succeeds.
             if self._renew(now) is None:
                 return self._become_leader(now,
                                            "became leader (resumed the lock this node holds)")
             # By another node: ask pmxcfs to drop it if it has expired, retry.
-            if self.lock.take_if_expired():
+            if self._write("unlock request and mkdir", self.lock.take_if_expired):
                 return self._become_leader(now, "became leader (lock acquired after it expired)")
             return self._say("held", "standby: lock held by another node")
         except OSError as exc:
@@ -316,7 +444,7 @@ class PmxcfsElection:
 
     def _renew(self, now: float) -> str | None:
         """Renew the lock; the error name on failure."""
-        problem = self.lock.renew(now)
+        problem = self._write("renew", lambda: self.lock.renew(now))
         if problem is None:
             self._last_renew = now
         return problem
@@ -348,10 +476,11 @@ class PmxcfsElection:
 
     def _quorate(self) -> bool | None:
         """None when `.members` cannot be read (the syscalls will then tell)."""
-        return read_membership(self.members_path).quorate
+        path = self.members_path
+        return self._read(f"read {path}", lambda: read_membership(path)).quorate
 
     def _published_leader(self) -> str:
-        doc = read_status(self.status_path)
+        doc = self._read(f"read {self.status_path}", lambda: read_status(self.status_path))
         if not doc:
             return "unknown"
         leader = doc.get("leader")
