@@ -40,7 +40,6 @@ def test_the_emulator_answers_the_probe_as_the_real_pmxcfs_did(tmp_path: Path) -
 
 
 @pytest.mark.slow
-@pytest.mark.unstable  # its timing buckets and a read after a heal vary run to run
 def test_the_real_pmxcfs_still_answers_as_recorded(tmp_path: Path) -> None:
     with probe.real_target(tmp_path) as target:
         real = probe.run(target)
