@@ -108,10 +108,13 @@ class BoundedCalls:
     waits. A call that times out keeps its thread; until it returns, every
     further call fails at once with `NoAnswerError` instead of stacking another
     blocked thread on the same mount. The thread is a daemon: a stuck call
-    never keeps the process from exiting."""
+    never keeps the process from exiting. It ends after `idle` seconds
+    without work and is started again by the next call, so that short-lived
+    elections (`status`, tests) leave no threads behind."""
 
-    def __init__(self, name: str = "pve-balancer pmxcfs") -> None:
+    def __init__(self, name: str = "pve-balancer pmxcfs", idle: float = 30.0) -> None:
         self.name = name
+        self.idle = idle
         self._mutex = threading.Lock()
         self._job: _Job | None = None
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
@@ -142,7 +145,14 @@ class BoundedCalls:
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=self.idle)
+            except queue.Empty:
+                with self._mutex:
+                    if self._job is None:  # nothing submitted meanwhile
+                        self._thread = None
+                        return
+                continue
             try:
                 job.value = job.call()
             except BaseException as exc:  # handed to the caller, if it still waits

@@ -178,3 +178,10 @@ def test_a_renew_held_by_a_membership_change_steps_the_leader_down(tmp_path: Pat
         assert e.tick(now + 20) is None  # the renew is still held: nothing new
         _until("the held renew to return", lambda: e.calls.outstanding is None)
         assert e.tick(now + 30) == "standby: node is not quorate"
+
+
+def test_an_idle_worker_ends_and_the_next_call_starts_one() -> None:
+    calls = BoundedCalls("test idle worker", idle=0.05)
+    assert calls.call("one", lambda: 1, 5.0) == 1
+    _until("the idle worker to end", lambda: _workers("test idle worker") == 0)
+    assert calls.call("two", lambda: 2, 5.0) == 2
