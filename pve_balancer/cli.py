@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from . import __version__, provision
 from .agent import Agent, Plan
+from .bounded import BoundedCalls
 from .config import Config, ConfigSource, load_config
 from .display import display_safe
 from .election import PmxcfsElection
@@ -174,12 +175,12 @@ def open_client(args: argparse.Namespace, paths: PveRoot, timeout: float = 10.0)
 
 
 def make_election(args: argparse.Namespace, paths: PveRoot, single: bool,
-                  clock: SystemClock) -> Election:
+                  clock: SystemClock, calls: BoundedCalls | None = None) -> Election:
     if single:
         return AlwaysLeader()
     try:
         return PmxcfsElection(
-            paths.root, args.node, clock=clock,
+            paths.root, args.node, clock=clock, calls=calls,
             renew_interval=getattr(args, "renew_interval", 10.0),
             safety_bound=getattr(args, "safety_bound", 60.0),
             retry_interval=getattr(args, "retry_interval", 5.0))
@@ -400,10 +401,13 @@ def cmd_status(args: argparse.Namespace, paths: PveRoot, out: TextIO) -> int:
 def cmd_run(args: argparse.Namespace, paths: PveRoot) -> int:
     from .daemon import Daemon  # noqa: PLC0415 - only the daemon needs signals/notify
 
-    source = ConfigSource(paths.config)
+    # One worker for the daemon's calls on /etc/pve: when pmxcfs holds the
+    # configuration's stat, the election knows at once that it does not answer.
+    calls = BoundedCalls()
+    source = ConfigSource(paths.config, calls=calls)
     source.refresh(force=True)
     clock = SystemClock()
-    election = make_election(args, paths, args.single, clock)
+    election = make_election(args, paths, args.single, clock, calls)
 
     env = PveEnvironment(node=args.node, connect=lambda: open_client(args, paths),
                          election=election, clock=clock,

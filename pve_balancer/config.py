@@ -33,6 +33,8 @@ from typing import Any, NoReturn, cast
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from .bounded import READ_DEADLINE, BoundedCalls, NoAnswerError
+
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 64 * 1024
@@ -592,6 +594,7 @@ def load_config(path: Path) -> LoadResult:
 _UNREAD = "unread"
 _FIXED = "fixed"
 _MISSING = "missing"
+_NO_ANSWER = "no answer"
 
 
 class ConfigSource:
@@ -613,8 +616,12 @@ class ConfigSource:
     rejected file.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, calls: BoundedCalls | None = None) -> None:
         self.path = path
+        self._calls = calls
+        """When given, the stat is bounded: a pmxcfs that holds it (stopping
+        or hung) costs the cycle `READ_DEADLINE`, and the configuration in
+        force stays (the election says that pmxcfs does not answer)."""
         self.config: Config | None = None
         self._signature: tuple[int, int, int] | str = _UNREAD
         self._trouble = ""
@@ -632,7 +639,10 @@ class ConfigSource:
 
     def _stat(self) -> tuple[int, int, int] | str:
         try:
-            st = self.path.stat()
+            st = self.path.stat() if self._calls is None else \
+                self._calls.call(f"stat {self.path}", self.path.stat, READ_DEADLINE)
+        except NoAnswerError:
+            return _NO_ANSWER
         except FileNotFoundError:
             return _MISSING
         except OSError as exc:
@@ -645,7 +655,7 @@ class ConfigSource:
         if self._signature == _FIXED:
             return False
         signature = self._stat()
-        if not force and signature == self._signature:
+        if signature == _NO_ANSWER or (not force and signature == self._signature):
             return False
         first = self._signature == _UNREAD
         self._signature = signature

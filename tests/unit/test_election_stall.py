@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pve_balancer.election import BoundedCalls, NoAnswerError, PmxcfsElection
+from pve_balancer.bounded import BoundedCalls, NoAnswerError
+from pve_balancer.config import ConfigSource
+from pve_balancer.election import PmxcfsElection
 from pvesim.pmxcfs import Realism
 from tests.pmxcfs.support import running_emulator
 
@@ -185,3 +187,28 @@ def test_an_idle_worker_ends_and_the_next_call_starts_one() -> None:
     assert calls.call("one", lambda: 1, 5.0) == 1
     _until("the idle worker to end", lambda: _workers("test idle worker") == 0)
     assert calls.call("two", lambda: 2, 5.0) == 2
+
+
+def test_the_configuration_source_shares_the_bound_and_keeps_what_is_in_force(
+        root: Path, fifo: Callable[[], Fifo]) -> None:
+    """The daemon gives the configuration source and the election one
+    `BoundedCalls`: while pmxcfs holds a call, the configuration's stat
+    gives up too and the configuration in force stays; afterwards a change
+    of the file is read as usual."""
+    calls = BoundedCalls("test shared calls")
+    config = root / "balancer.yaml"
+    config.write_text("interval: 7\n")
+    source = ConfigSource(config, calls=calls)
+    source.refresh(force=True)
+    assert source.config is not None and source.config.interval == 7
+    e = PmxcfsElection(root, "pve1", read_deadline=0.2, calls=calls)
+    assert e.tick(1000.0) == "became leader (lock acquired)"
+    held = fifo()
+    assert e.tick(1005.0) is not None and not e.is_leader
+    config.write_text("interval: 9\n")
+    assert source.refresh() is False
+    assert source.config.interval == 7
+    held.answer(QUORATE)
+    _until("the held read to return", lambda: calls.outstanding is None)
+    assert source.refresh() is True
+    assert source.config.interval == 9
