@@ -382,3 +382,50 @@ def test_pmxcfs_restarted_under_the_leader(labs: list[ProcessLab], tmp_path: Pat
               and e["token_id"] == lab.conn["token_id"]
               and t_down_sim + 0.5 < e["time"] < t_start_sim]
     assert silent == [], silent
+
+
+@pytest.mark.slow
+def test_pmxcfs_hung_under_the_leader_real(labs: list[ProcessLab], tmp_path: Path) -> None:
+    """pve1 leads on the real pmxcfs; its pmxcfs is frozen (SIGSTOP: every
+    request on its mount waits, as while a pmxcfs stops or hangs) for three
+    cycles. The cycle's first read gives up after the read deadline, the
+    leader steps down at once and says once that pmxcfs does not answer,
+    sends no API request, and no other node leads (the lock has not
+    expired); once pmxcfs runs again the same agent resumes its lock."""
+    fs = REAL_PMXCFS
+    lab = _start(labs, tmp_path, fs.timing, balancer_config={"interval": fs.interval},
+                 fs=fs.name)
+    assert lab.cluster is not None
+    leader, standbys = _leader_then_standbys(lab, "pve1")
+    time.sleep(fs.interval)
+    pmxcfs = lab.cluster.nodes["pve1"].pmxcfs
+    assert pmxcfs is not None
+    t_freeze_sim, t_freeze = lab.sim_now(), time.time()
+    pmxcfs.send_signal(signal.SIGSTOP)
+    try:
+        bound = fs.interval + fs.read_deadline + SLACK
+        down = wait_for("pve1 to stop leading",
+                        lambda: next((e for e in leader.events()
+                                      if not e.leader and e.t >= t_freeze), None), bound + 15)
+        _measured(fs, "pmxcfs frozen -> leader stopped", down.t - t_freeze)
+        time.sleep(3 * fs.interval)
+    finally:
+        t_thaw_sim, t_thaw = lab.sim_now(), time.time()
+        pmxcfs.send_signal(signal.SIGCONT)
+    again = wait_for("pve1 to lead again", lambda: leader.became_leader_after(t_thaw),
+                     3 * fs.interval + 10)
+    _measured(fs, "pmxcfs running again -> leading again", again.t - t_thaw)
+    report = lab.report()
+    assert "pmxcfs does not answer" in down.text, report
+    assert down.t - t_freeze <= bound, report
+    assert "resumed the lock this node holds" in again.text, report
+    assert not any(a.became_leader_after(t_freeze) for a in standbys), report
+    assert lab.overlaps() == [], report
+    while_frozen = [x.text for x in leader.snapshot() if t_freeze <= x.t < t_thaw]
+    assert len([t for t in while_frozen if "pmxcfs does not answer" in t]) == 1, report
+    assert not [t for t in while_frozen if "cycle failed" in t], report
+    t_down_sim = t_freeze_sim + (down.t - t_freeze)
+    silent = [e for e in lab.requests() if e["served_by"] == "pve1"
+              and e["token_id"] == lab.conn["token_id"]
+              and t_down_sim + 0.5 < e["time"] < t_thaw_sim]
+    assert silent == [], silent
