@@ -108,13 +108,11 @@ class Plan:
 
 def _without_facts(snapshot: Snapshot) -> str:
     """Why no decision is taken on a snapshot with facts not read fresh:
-    the failed ones by name and cause (their wording stays the same while
-    the others are read, so the journal tells it once), else those still
-    to be read."""
+    the failed ones by name and cause, and only those (so the wording stays
+    the same while the others are read, and the journal tells it once),
+    else those still to be read."""
     if snapshot.unreadable:
-        others = len(snapshot.missing) - len(snapshot.unreadable)
-        more = f"; {others} more not read yet" if others > 0 else ""
-        return f"not deciding without {'; '.join(snapshot.unreadable)}{more}"
+        return f"not deciding without {'; '.join(snapshot.unreadable)}"
     return f"waiting for facts to be read: {'; '.join(snapshot.missing)}"
 
 
