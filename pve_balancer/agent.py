@@ -52,6 +52,11 @@ followed or not): PVE refreshes node statistics about every 10 s and its
 API gives no time stamp for them, so two refreshes after the task's
 `endtime` make sure memory figures show the guest where it now is."""
 
+SLOW_PER_CYCLE = 1
+"""Slow facts (`pve.SLOW_FACTS`) refreshed per cycle at most: a term start
+costs no more requests than any other cycle; the facts are read over the
+first cycles, and no decision is taken before all are."""
+
 LOST_ANSWER_LOOKBACK = 60.0
 """A migrate POST whose answer was lost is matched with a migration task
 of the same guest started at most this long before it (clocks of a
@@ -233,7 +238,7 @@ class Agent:
         self._leading = False
         self.inflight = None
 
-    def _sample(self, now: float, slow: int | None = 1) -> tuple[Snapshot, tuple[Task, ...]]:
+    def _sample(self, now: float, slow: int | None) -> tuple[Snapshot, tuple[Task, ...]]:
         snapshot, tasks = self.env.sample(now, slow)
         self.estimator.observe(snapshot)
         self._track_guests(snapshot, now)
@@ -248,7 +253,7 @@ class Agent:
         return snapshot, tasks
 
     def _lead(self, now: float, config: Config) -> CycleResult:
-        snapshot, tasks = self._sample(now)
+        snapshot, tasks = self._sample(now, SLOW_PER_CYCLE)
         self.pressure_since = track_memory_pressure(self.pressure_since, snapshot, config)
         self._publish_nodes(snapshot, config)
         self._learn_from_tasks(snapshot, tasks, config, now)
@@ -394,7 +399,7 @@ class Agent:
         if m is None:
             # A failed read is a problem; facts not asked yet (a term just
             # began, the API was down) are not.
-            level = logging.WARNING if snapshot.unreadable and snapshot.missing else logging.INFO
+            level = logging.WARNING if snapshot.unreadable else logging.INFO
             return CycleResult(decision.sentence, level, fields=fields)
         fields.update(vmid=m.vmid, source=m.source, target=m.target)
         if not config.enabled:

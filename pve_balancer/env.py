@@ -67,7 +67,7 @@ class Environment(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
-    def sample(self, now: float, slow: int | None = 1) -> tuple[Snapshot, tuple[Task, ...]]:
+    def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
         """The cluster now, and the task list it was built from; at most
         `slow` of the slow facts are refreshed (None: all that are due)."""
         ...
@@ -156,7 +156,7 @@ class PveEnvironment:
             self._client = self._connect()
         return self._client
 
-    def sample(self, now: float, slow: int | None = 1) -> tuple[Snapshot, tuple[Task, ...]]:
+    def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
         return self.client.sample(now, slow)
 
     def node_cpu_history(self, node: str, now: float) -> list[tuple[float, float]]:

@@ -751,13 +751,14 @@ class PveClient:
 
     # -- cluster view
 
-    def sample(self, now: float, slow: int | None = 1) -> tuple[Snapshot, tuple[Task, ...]]:
+    def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
         """One snapshot of the cluster plus the task list it was built from.
 
         `/cluster/resources` and `/cluster/tasks` are read every time (a
         failure raises); of the slow facts at most `slow` are refreshed
-        (None: every one due, for a one-shot command such as `plan`), the
-        others come from the cache. `Snapshot.missing` names
+        (None: every one due, as a one-shot command such as `plan` or
+        `status` needs; the daemon's cycles pass 1), the others come from
+        the cache. `Snapshot.missing` names
         every fact not read fresh (`unreadable` those whose read failed):
         the agent does not migrate on such a snapshot."""
         resources = self.get("cluster", "resources")

@@ -14,10 +14,14 @@ from typing import Any
 
 import pytest
 
-from pve_balancer.config import Config
+from pve_balancer.agent import Agent
+from pve_balancer.config import Config, ConfigSource
+from pve_balancer.env import PveEnvironment
+from pve_balancer.leadership import AlwaysLeader
 from pve_balancer.pve import FRESH_FOR, SLOW_FACTS
+from pvesim.clock import VirtualClock
 from simlab.inprocess import InProcessLab as Lab
-from simlab.inprocess import make_lab
+from simlab.inprocess import attach_client, make_lab
 from tests.conftest import guest_spec, nodes_spec
 
 from .test_agent_cycle import memory_hot
@@ -179,3 +183,49 @@ def test_untagged_guests_still_move_after_one_config_read() -> None:
     lab.run(30)
     assert len(lab.migrate_posts()) == 1
     assert len(lab.requests("GET", "/config")) == 1, "only the guest about to move"
+
+
+# -- the slow facts are spread over cycles ------------------------------------
+
+
+SLOW_PATHS = ["/" + "/".join(f.path) for f in SLOW_FACTS]
+
+
+def slow_reads(lab: Lab, since: float) -> list[str]:
+    """The slow endpoints that reached the simulator since `since`, in order."""
+    return [r.path for r in lab.sim.request_log if r.time >= since and r.path in SLOW_PATHS]
+
+
+def test_a_term_reads_one_slow_endpoint_per_cycle_then_refreshes_them_spread() -> None:
+    lab = lab_of(memory_hot(), Config(seed=3, dry_run=True))
+    start = lab.sim.now
+    lab.run(20)
+    assert slow_reads(lab, start) == SLOW_PATHS, "one per cycle, in order, none twice"
+    lab.run(300)
+    counts = {p: slow_reads(lab, start).count(p) for p in SLOW_PATHS}
+    assert all(5 <= n <= 7 for n in counts.values()), counts  # every 60 s over 320 s
+    per_cycle: dict[float, int] = {}
+    for r in lab.sim.request_log:
+        if r.path in SLOW_PATHS:
+            per_cycle[r.time] = per_cycle.get(r.time, 0) + 1
+    assert max(per_cycle.values()) == 1, "never two slow endpoints in one cycle"
+
+
+def test_a_failing_slow_endpoint_does_not_starve_the_others() -> None:
+    lab = lab_of(memory_hot(), Config(seed=3, dry_run=True))
+    fail_endpoint(lab, "/cluster/ha/rules")
+    start = lab.sim.now
+    lab.run(20)
+    # the failed read never reaches the simulator; the others do, one a cycle
+    assert slow_reads(lab, start) == SLOW_PATHS[1:]
+    missing, failed = lab.client.missing_facts(lab.sim.now)
+    assert len(missing) == 1 and failed == missing and "HA rules" in failed[0]
+
+
+def test_plan_reads_every_fact_in_its_one_sample() -> None:
+    lab = lab_of(memory_hot())
+    env = PveEnvironment(node="pve1", connect=lambda: attach_client(lab.sim, "pve1"),
+                         election=AlwaysLeader(), clock=VirtualClock(lab.sim))
+    plan = Agent(env, ConfigSource.fixed(Config(seed=1))).plan()
+    assert plan.snapshot.missing == ()
+    assert plan.decision.migration is not None, plan.decision.reason
