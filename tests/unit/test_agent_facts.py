@@ -81,7 +81,9 @@ def test_unreadable_ha_status_at_a_term_start_never_targets_a_node_in_maintenanc
 
 def test_unreadable_ha_rules_at_a_term_start_never_move_a_pinned_guest() -> None:
     scenario = memory_hot()
-    scenario["ha_rules"] = [{"rule": "stay", "type": "node-affinity", "strict": True,
+    # Not strict: PVE itself would allow the move (and HA would move the
+    # guest back), only the rule says the guests belong on pve1.
+    scenario["ha_rules"] = [{"rule": "stay", "type": "node-affinity", "strict": False,
                              "resources": [f"vm:{v}" for v in range(101, 106)],
                              "nodes": ["pve1"]}]
     for g in scenario["guests"]:
