@@ -10,6 +10,7 @@ by the cycles' sentences what the operator was told.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +24,10 @@ from pvesim.clock import VirtualClock
 from simlab.inprocess import InProcessLab as Lab
 from simlab.inprocess import attach_client, make_lab
 from tests.conftest import guest_spec, nodes_spec
+from tests.unit.https_sim import https_sim
 
 from .test_agent_cycle import memory_hot
+from .test_journal import run_agent
 
 EXCLUDE = "pve-balancer-exclude"
 
@@ -231,3 +234,23 @@ def test_plan_reads_every_fact_in_its_one_sample() -> None:
     plan = Agent(env, ConfigSource.fixed(Config(seed=1))).plan()
     assert plan.snapshot.missing == ()
     assert plan.decision.migration is not None, plan.decision.reason
+
+
+# -- the same, as a real process ----------------------------------------------
+
+
+def test_process_unreadable_ha_status_is_one_warning_and_no_post(tmp_path: Path) -> None:
+    with https_sim(tmp_path, hot_with_one_target(maintenance=True),
+                   config="interval: 2\n") as hs:
+        hs.faults.add(kind="http_error", method="GET",
+                      path="/cluster/ha/status/manager_status", status=500,
+                      message="cannot read cluster file")
+        proc = run_agent(hs, "--cycles", "8")
+        _, err = proc.communicate(timeout=90)
+        posts = [r for r in hs.sim.request_log if r.method == "POST"]
+    assert proc.returncode == 0, err
+    assert posts == [], "pve2 is in maintenance: nothing may go there"
+    warnings = [x for x in err.splitlines() if " WARNING " in x or " ERROR " in x]
+    assert len(warnings) == 1, warnings
+    assert "not deciding without HA manager status (not read yet: GET " \
+        "/cluster/ha/status/manager_status: HTTP 500 cannot read cluster file)" in warnings[0]
