@@ -19,7 +19,7 @@ from pve_balancer.agent import Agent
 from pve_balancer.config import Config, ConfigSource
 from pve_balancer.env import PveEnvironment
 from pve_balancer.leadership import AlwaysLeader
-from pve_balancer.pve import FRESH_FOR, SLOW_FACTS
+from pve_balancer.pve import FRESH_FOR, SLOW_FACTS, PveError
 from pvesim.clock import VirtualClock
 from simlab.inprocess import InProcessLab as Lab
 from simlab.inprocess import attach_client, make_lab
@@ -254,3 +254,25 @@ def test_process_unreadable_ha_status_is_one_warning_and_no_post(tmp_path: Path)
     assert len(warnings) == 1, warnings
     assert "not deciding without HA manager status (not read yet: GET " \
         "/cluster/ha/status/manager_status: HTTP 500 cannot read cluster file)" in warnings[0]
+
+
+# -- an answer of the wrong shape is a failed read, not "nothing there" -----------
+
+
+@pytest.mark.parametrize(("key", "answer"), [
+    ("rules", {"rule": "x"}),          # an object where PVE sends a list
+    ("options", ["crs"]),              # a list where PVE sends an object
+    ("backup", "nightly"),
+    ("manager", {"quorum": {"quorate": "1"}}),  # neither manager nor LRM status
+])
+def test_an_answer_of_the_wrong_shape_counts_as_not_read(key: str, answer: object) -> None:
+    fact = next(f for f in SLOW_FACTS if f.key == key)
+    with pytest.raises(PveError):
+        fact.parse(answer, 0.0)
+
+
+def test_answers_of_the_right_shape_are_read() -> None:
+    parsed = {f.key: f.parse(answer, 0.0) for f, answer in zip(SLOW_FACTS, (
+        [], {}, [], {"manager_status": {"node_status": {"pve2": "maintenance"}}}), strict=True)}
+    assert parsed == {"rules": (), "options": False, "backup": (),
+                      "manager": frozenset({"pve2"})}
