@@ -47,9 +47,26 @@ from .status import DecisionRecord, NodeRecord
 log = logging.getLogger(__name__)
 
 STATS_SETTLE = 20.0
-"""Seconds without decisions after a migration ends: PVE refreshes node
-statistics about every 10 s, two refreshes make sure memory figures show
-the guest where it now is."""
+"""Seconds without decisions after any migration ends (whoever started it,
+followed or not): PVE refreshes node statistics about every 10 s and its
+API gives no time stamp for them, so two refreshes after the task's
+`endtime` make sure memory figures show the guest where it now is."""
+
+SLOW_PER_CYCLE = 1
+"""Slow facts (`pve.SLOW_FACTS`) refreshed per cycle at most: a term start
+costs no more requests than any other cycle; the facts are read over the
+first cycles, and no decision is taken before all are."""
+
+LOST_ANSWER_LOOKBACK = 60.0
+"""A migrate POST whose answer was lost is matched with a migration task
+of the same guest started at most this long before it (clocks of a
+cluster agree within seconds; the guest was in no cooldown, so no earlier
+move of it is that recent)."""
+
+HA_PENDING = 60.0
+"""How long an HA migration request (`hamigrate`, which ends at once) that
+no `qmigrate` of the guest followed yet counts as a migration in progress:
+the HA manager starts the real move one or two 10 s rounds later."""
 
 UNMOVABLE_TTL = 3600.0
 """How long a "cannot move live" answer is trusted before asking again (an
@@ -94,6 +111,16 @@ class Plan:
     requests: int
 
 
+def _without_facts(snapshot: Snapshot) -> str:
+    """Why no decision is taken on a snapshot with facts not read fresh:
+    the failed ones by name and cause, and only those (so the wording stays
+    the same while the others are read, and the journal tells it once),
+    else those still to be read."""
+    if snapshot.unreadable:
+        return f"not deciding without {'; '.join(snapshot.unreadable)}"
+    return f"waiting for facts to be read: {'; '.join(snapshot.missing)}"
+
+
 class Agent:
     """The balancer's loop body. See the module docstring for its rules."""
 
@@ -115,6 +142,8 @@ class Agent:
         self._guest_since: dict[int, float] = {}
         self._guest_seeded: set[int] = set()
         self.pressure_since: dict[str, float] = {}
+        self._placement: dict[int, tuple[str, bool]] = {}  # vmid -> (node, locked migrate)
+        self._ha_waiting: str | None = None  # vmid of an HA request not carried out yet
 
     # ------------------------------------------------------------ plumbing
 
@@ -200,6 +229,7 @@ class Agent:
         self._guest_since = {}
         self._guest_seeded = set()
         self.pressure_since = {}
+        self._placement = {}
         self.env.begin_term(now)
 
     def _end_term(self) -> None:
@@ -208,8 +238,8 @@ class Agent:
         self._leading = False
         self.inflight = None
 
-    def _sample(self, now: float) -> tuple[Snapshot, tuple[Task, ...]]:
-        snapshot, tasks = self.env.sample(now)
+    def _sample(self, now: float, slow: int | None) -> tuple[Snapshot, tuple[Task, ...]]:
+        snapshot, tasks = self.env.sample(now, slow)
         self.estimator.observe(snapshot)
         self._track_guests(snapshot, now)
         for name in self.estimator.nodes_needing_seed():
@@ -223,12 +253,52 @@ class Agent:
         return snapshot, tasks
 
     def _lead(self, now: float, config: Config) -> CycleResult:
-        snapshot, tasks = self._sample(now)
+        snapshot, tasks = self._sample(now, SLOW_PER_CYCLE)
         self.pressure_since = track_memory_pressure(self.pressure_since, snapshot, config)
         self._publish_nodes(snapshot, config)
+        self._learn_from_tasks(snapshot, tasks, config, now)
         if self.inflight is not None:
             return self._follow(snapshot, tasks, config, now)
         return self._decide_and_act(snapshot, config, now)
+
+    # ------------------------------------------------------------ what others did
+
+    def _learn_from_tasks(self, snapshot: Snapshot, tasks: tuple[Task, ...], config: Config,
+                          now: float) -> None:
+        """Every migration in the cluster counts, not only the one this term
+        follows: one that ended (task list, or a guest seen on another node
+        or out of its migrate lock since the last cycle) starts the settle
+        pause, and a guest moved within `vm_cooldown` by anyone is in
+        cooldown. This is what a restarted or newly elected leader knows
+        before its first decision."""
+        self._settle_after_ended(tasks, now)
+        self._ha_waiting = self._ha_pending(tasks, now)
+        placement = {g.vmid: (g.node, g.lock == "migrate") for g in snapshot.guests}
+        moved = [v for v, (node, locked) in placement.items() if v in self._placement and (
+            self._placement[v][0] != node or (self._placement[v][1] and not locked))]
+        self._placement = placement
+        if moved:
+            self.settle_until = max(self.settle_until, now + STATS_SETTLE)
+            self.settle_after = f"the migration of vm {moved[0]}"
+        for t in tasks:
+            if t.kind in MIGRATION_TASK_TYPES and t.vmid.isdigit() and \
+                    now - t.starttime < config.vm_cooldown:
+                vmid = int(t.vmid)
+                until = min(t.starttime, now) + config.vm_cooldown
+                if self.cooldown_until.get(vmid, 0.0) < until:
+                    self.cooldown_until[vmid] = until
+
+    def _ha_pending(self, tasks: tuple[Task, ...], now: float) -> str | None:
+        """An HA migration requested (by anyone) whose real move has not
+        started yet: a migration in progress for every purpose."""
+        for t in tasks:
+            if t.kind != "hamigrate" or t.running or t.exitstatus != "OK" or \
+                    now - t.starttime > HA_PENDING:
+                continue
+            if not any(o.kind == "qmigrate" and o.vmid == t.vmid and o.starttime >= t.starttime
+                       for o in tasks):
+                return t.vmid
+        return None
 
     # ------------------------------------------------------------ deciding
 
@@ -259,6 +329,13 @@ class Agent:
         """The decision after checking the chosen guest's migrate
         preconditions; unmovable guests are learnt and the decision re-taken
         (bounded). Makes no change to the cluster."""
+        if snapshot.missing:
+            held = _without_facts(snapshot)
+            return Decision(reason=held, sentence=f"no action: {held}")
+        if self._ha_waiting is not None:
+            pending = (f"waiting: HA migration of vm {self._ha_waiting} requested, the HA "
+                       "manager has not started it yet")
+            return Decision(reason=pending, sentence=f"no action: {pending}")
         decision = Decision(reason="no decision")
         seeded: set[str] = set()
         for _ in range(MAX_REDECIDE):
@@ -272,6 +349,23 @@ class Agent:
             m = decision.migration
             if m is None:
                 return decision
+            guest = next((g for g in snapshot.guests if g.vmid == m.vmid), None)
+            if guest is not None and not guest.tags_known:
+                # Its entry had no `tags` field: the exclusion tag may just
+                # be missing from the answer. Its config says.
+                try:
+                    tags = self.env.guest_tags(m.source, m.vmid)
+                except PveError as exc:
+                    held = (f"not moving vm {m.vmid}: /cluster/resources gave no tags for "
+                            f"it and its config could not be read ({exc})")
+                    return Decision(reason=held, mode=decision.mode,
+                                    thresholds=decision.thresholds,
+                                    sentence=f"no action: {held}")
+                snapshot = replace(snapshot, guests=tuple(
+                    replace(g, tags=tags, tags_known=True) if g.vmid == m.vmid else g
+                    for g in snapshot.guests))
+                if tags:
+                    continue
             pre = self._check_preconditions(m, now)
             why = pre.unmovable
             if why is not None:
@@ -303,7 +397,10 @@ class Agent:
         if decision.mode is not None:
             fields["mode"] = decision.mode.value
         if m is None:
-            return CycleResult(decision.sentence, fields=fields)
+            # A failed read is a problem; facts not asked yet (a term just
+            # began, the API was down) are not.
+            level = logging.WARNING if snapshot.unreadable else logging.INFO
+            return CycleResult(decision.sentence, level, fields=fields)
         fields.update(vmid=m.vmid, source=m.source, target=m.target)
         if not config.enabled:
             self._record(now, m, "observe-only", decision.reason)
@@ -359,6 +456,8 @@ class Agent:
         assert flight is not None
         fields: dict[str, object] = {"vmid": flight.vmid, "source": flight.source,
                                      "target": flight.target, "mode": flight.mode.value}
+        if flight.unconfirmed:
+            self._find_lost_task(flight, tasks)
         task: Task | None = None
         error: str | None = None
         upid = flight.watch_upid
@@ -387,6 +486,20 @@ class Agent:
         return CycleResult(f"{progress.sentence}; vm {flight.vmid} in cooldown for "
                            f"{config.vm_cooldown:.0f} s", logging.WARNING, fields)
 
+    @staticmethod
+    def _find_lost_task(flight: InFlight, tasks: tuple[Task, ...]) -> None:
+        """The POST's answer was lost: a migration task of the guest started
+        since shortly before it is ours (running or already finished), and
+        is followed by its UPID from now on."""
+        kinds = ("hamigrate", "qmigrate") if flight.ha else ("qmigrate",)
+        mine = sorted((t for t in tasks if t.kind in kinds and t.vmid == str(flight.vmid)
+                       and t.starttime >= flight.started - LOST_ANSWER_LOOKBACK),
+                      key=lambda t: (t.kind != kinds[0], t.starttime))
+        if mine:
+            flight.upid = mine[0].upid
+            flight.unconfirmed = False
+            flight.handed_over = False
+
     # ------------------------------------------------------------ reporting
 
     def _record(self, now: float, m: Migration, result: str, reason: str) -> None:
@@ -410,15 +523,17 @@ class Agent:
     # ------------------------------------------------------------ plan
 
     def _settle_after_ended(self, tasks: tuple[Task, ...], now: float) -> None:
-        """A plan did not follow the migrations that just ended: the same
-        settle pause as after one this agent followed, from the task list."""
+        """The settle pause after every migration task that ended, from its
+        `endtime` (the API's clock; one in the future counts from now)."""
         ended = [t for t in tasks if t.kind in MIGRATION_TASK_TYPES and not t.running
-                 and t.endtime is not None and now - t.endtime < STATS_SETTLE]
+                 and t.endtime is not None and abs(now - t.endtime) < STATS_SETTLE]
         if ended:
             last = max(ended, key=lambda t: t.endtime or 0.0)
             assert last.endtime is not None
-            self.settle_until = max(self.settle_until, last.endtime + STATS_SETTLE)
-            self.settle_after = f"the migration of vm {last.vmid}"
+            until = min(last.endtime, now) + STATS_SETTLE
+            if until > self.settle_until:
+                self.settle_until = until
+                self.settle_after = f"the migration of vm {last.vmid}"
 
     def plan(self) -> Plan:
         """Sample once (warming EMAs from RRD), decide, act not at all; a
@@ -428,8 +543,8 @@ class Agent:
         if config is None:
             raise ValueError(f"no valid configuration in {self.config_source.path}")
         now = self.env.now()
-        snapshot, tasks = self._sample(now)
-        self._settle_after_ended(tasks, now)
+        snapshot, tasks = self._sample(now, slow=None)  # one sample: every fact now
+        self._learn_from_tasks(snapshot, tasks, config, now)
         decision = self.evaluate(snapshot, config, now)
         return Plan(decision=decision, snapshot=snapshot,
                     estimates=self.estimator.estimates(), config=config,

@@ -67,8 +67,9 @@ class Environment(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
-    def sample(self, now: float) -> tuple[Snapshot, tuple[Task, ...]]:
-        """The cluster now, and the task list it was built from."""
+    def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
+        """The cluster now, and the task list it was built from; at most
+        `slow` of the slow facts are refreshed (None: all that are due)."""
         ...
 
     def node_cpu_history(self, node: str, now: float) -> list[tuple[float, float]]: ...
@@ -77,6 +78,10 @@ class Environment(Protocol):
                           now: float) -> list[tuple[float, float]]: ...
 
     def preconditions(self, node: str, vmid: int, target: str) -> Preconditions: ...
+
+    def guest_tags(self, node: str, vmid: int) -> frozenset[str]:
+        """The tags of a guest's own configuration."""
+        ...
 
     def migrate(self, node: str, vmid: int, target: str) -> str:
         """Start a live migration; the UPID of its task."""
@@ -151,8 +156,8 @@ class PveEnvironment:
             self._client = self._connect()
         return self._client
 
-    def sample(self, now: float) -> tuple[Snapshot, tuple[Task, ...]]:
-        return self.client.sample(now)
+    def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
+        return self.client.sample(now, slow)
 
     def node_cpu_history(self, node: str, now: float) -> list[tuple[float, float]]:
         return self.client.node_cpu_history(node, now)
@@ -163,6 +168,9 @@ class PveEnvironment:
 
     def preconditions(self, node: str, vmid: int, target: str) -> Preconditions:
         return self.client.preconditions(node, vmid, target)
+
+    def guest_tags(self, node: str, vmid: int) -> frozenset[str]:
+        return self.client.guest_tags(node, vmid)
 
     def migrate(self, node: str, vmid: int, target: str) -> str:
         return self.client.migrate(node, vmid, target)

@@ -60,6 +60,10 @@ class Guest:
     lock: str | None = None
     tags: frozenset[str] = frozenset()
     ha_managed: bool = False
+    tags_known: bool = True
+    """False when `/cluster/resources` had no `tags` field for it: PVE
+    omits the field for a guest without tags, and so does a half-written
+    answer; before such a guest moves, its config says which it is."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,12 @@ class Snapshot:
     migrations_running: tuple[str, ...] = ()
     backup_running: bool = False
     next_backup_in: float | None = None
+    missing: tuple[str, ...] = ()
+    """Facts the policy needs that were not read fresh ("HA rules (last read
+    130 s ago: ...)"): no migration is started on this snapshot."""
+    unreadable: tuple[str, ...] = ()
+    """Those of `missing` whose last read failed or came back incomplete
+    (the others were not asked yet: a term just began)."""
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)

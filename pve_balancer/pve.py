@@ -6,11 +6,18 @@ fields for stopped guests, older nodes lack `memhost`, and a half-written
 answer must cost one skipped entry and a log line, never a crash.
 
 Request budget (what the leader asks for): every cycle exactly
-`/cluster/resources` and `/cluster/tasks`; HA rules, cluster options, backup
-jobs and the HA manager status are cached for `SLOW_REFRESH` seconds. None
-of these is per node or per guest, so the per-cycle cost does not grow with
-the cluster. Per-node RRD (warm-up), migrate preconditions, `/version` and
-task status are asked only when the agent needs them.
+`/cluster/resources` and `/cluster/tasks`, plus at most one of the slow
+facts (HA rules, cluster options, backup jobs, HA manager status), each
+refreshed every `SLOW_REFRESH` seconds, spread over cycles. None of these is
+per node or per guest, so the per-cycle cost does not grow with the
+cluster. Per-node RRD (warm-up), migrate preconditions, a guest's config
+(its tags, when `/cluster/resources` gave none), `/version` and task status
+are asked only when the agent needs them.
+
+Fail closed: every fact carries the time it was last read; a slow fact not
+read within `FRESH_FOR`, or statistics missing from `/cluster/resources`,
+is named in `Snapshot.missing`, and the agent does not migrate on such a
+snapshot. A failed read never turns into "nothing exists".
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import os
 import re
 import ssl
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,7 +296,7 @@ def parse_guest(entry: Mapping[str, Any]) -> Guest | None:
                  cpu=_num(entry.get("cpu")), maxcpu=_num(entry.get("maxcpu"), 1.0),
                  mem=_int(mem), maxmem=_int(entry.get("maxmem")),
                  template=_flag(entry.get("template")), lock=lock,
-                 tags=parse_tags(entry.get("tags")),
+                 tags=parse_tags(entry.get("tags")), tags_known="tags" in entry,
                  ha_managed=bool(hastate) and hastate != "ignored")
 
 
@@ -441,6 +448,72 @@ def next_backup_start(jobs: Iterable[BackupJob], now: float) -> float | None:
     return None if best is None else max(0.0, best - now)
 
 
+def _options(data: object, now: float) -> bool:
+    if not isinstance(data, Mapping):
+        raise PveError(f"/cluster/options: expected an object, got {type(data).__name__}")
+    return parse_auto_rebalance(data)
+
+
+def _manager(data: object, now: float) -> frozenset[str]:
+    if not isinstance(data, Mapping) or not any(
+            isinstance(data.get(k), Mapping) for k in ("manager_status", "lrm_status")):
+        raise PveError("/cluster/ha/status/manager_status: neither manager_status nor "
+                       "lrm_status in the answer")
+    return parse_maintenance(data)
+
+
+@dataclass(frozen=True)
+class SlowFact:
+    """A fact the policy needs that changes rarely, so it is read every
+    `SLOW_REFRESH` s rather than every cycle; `parse` turns the answer
+    into the value kept (raising `PveError` when it is unusable, which
+    counts as a failed read)."""
+
+    key: str
+    label: str
+    path: tuple[str, ...]
+    parse: Callable[[object, float], Any]
+
+
+SLOW_FACTS = (
+    SlowFact("rules", "HA rules", ("cluster", "ha", "rules"), lambda d, _n: parse_rules(d)),
+    SlowFact("options", "cluster options", ("cluster", "options"), _options),
+    SlowFact("backup", "backup jobs", ("cluster", "backup"), lambda d, _n: parse_backup_jobs(d)),
+    SlowFact("manager", "HA manager status", ("cluster", "ha", "status", "manager_status"),
+             _manager),
+)
+"""In the order a new term reads them: one per cycle."""
+
+FRESH_FOR = 2 * SLOW_REFRESH
+"""A slow fact read longer ago than this is not used for a decision (two
+refreshes failed in a row): the agent does not migrate until it is read."""
+
+
+def _missing_statistics(data: object) -> list[str]:
+    """Statistics `/cluster/resources` should carry but did not: an online
+    node without `cpu` or `mem` would look idle (the best target), a
+    running VM without them would look free to move."""
+    if not isinstance(data, list):
+        return []
+    nodes: list[str] = []
+    guests: list[str] = []
+    for e in data:
+        if not isinstance(e, Mapping):
+            continue
+        if e.get("type") == "node" and _text(e.get("status")) == "online" and (
+                e.get("cpu") is None or e.get("mem") is None):
+            nodes.append(_text(e.get("node")) or "?")
+        elif e.get("type") == "qemu" and _text(e.get("status")) == "running" and (
+                e.get("cpu") is None or (e.get("mem") is None and e.get("memhost") is None)):
+            guests.append(_text(e.get("vmid")) or "?")
+    out = [f"statistics of node {n} (no cpu or mem in /cluster/resources)" for n in nodes]
+    if guests:
+        shown = ", ".join(guests[:3]) + (f" and {len(guests) - 3} more" if len(guests) > 3
+                                         else "")
+        out.append(f"statistics of running vm {shown} (no cpu or mem in /cluster/resources)")
+    return out
+
+
 def parse_rrd_cpu(data: object, now: float, window: float = RRD_WINDOW,
                   what: str = "rrddata") -> list[tuple[float, float]]:
     """(time, cpu) points of the last `window` seconds of the series (by the
@@ -502,9 +575,18 @@ def parse_major_version(data: object) -> int:
 
 
 @dataclass
-class _Cached:
-    value: Any
-    fetched: float
+class _Held:
+    """A slow fact as last read: its parsed value, when it was last read
+    successfully (None: never), the last attempt and its error."""
+
+    value: Any = None
+    fetched: float | None = None
+    attempted: float = -math.inf
+    error: str = ""
+    stale_term: bool = False
+
+    def due(self, now: float) -> bool:
+        return self.fetched is None or self.stale_term or now - self.fetched >= SLOW_REFRESH
 
 
 class PveClient:
@@ -523,7 +605,7 @@ class PveClient:
         self.token_id = token_id
         self.token_file = token_file
         self.timeout = timeout
-        self._slow: dict[str, _Cached] = {}
+        self._slow: dict[str, _Held] = {f.key: _Held() for f in SLOW_FACTS}
         self._version: int | None = None
         self.requests = 0
         """API calls made through this client (tests and `plan` report it)."""
@@ -604,58 +686,110 @@ class PveClient:
                            kind="bad-answer")
         return data
 
-    def _slow_get(self, key: str, now: float, path: Sequence[str], default: Any) -> Any:
-        """A cached GET refreshed every SLOW_REFRESH s; a failed refresh keeps
-        the previous value (or `default` before the first success)."""
-        cached = self._slow.get(key)
-        if cached is not None and now - cached.fetched < SLOW_REFRESH:
-            return cached.value
-        try:
-            value = self.get(*path)
-        except PveError as exc:
-            log.warning("%s (keeping the previous value)", exc)
-            value = cached.value if cached is not None else default
-        self._slow[key] = _Cached(value, now)
-        return value
+    def _due_slow(self, now: float) -> SlowFact | None:
+        """The slow fact to refresh now: among those older than
+        `SLOW_REFRESH` (or never read, or marked due by a new term), the
+        one whose last attempt is oldest, so a failing endpoint does not
+        starve the others."""
+        due = [f for f in SLOW_FACTS if self._slow[f.key].due(now)]
+        if not due:
+            return None
+        return min(due, key=lambda f: self._slow[f.key].attempted)
+
+    def refresh_slow(self, now: float, budget: int | None = 1) -> None:
+        """Refresh at most `budget` (None: all due) slow facts. A failed
+        read keeps the previous value with its old read time, so the value
+        goes stale (`missing_facts`) instead of being trusted forever."""
+        done = 0
+        while budget is None or done < budget:
+            fact = self._due_slow(now)
+            if fact is None or self._slow[fact.key].attempted == now:
+                return
+            done += 1
+            held = self._slow[fact.key]
+            held.attempted = now
+            try:
+                held.value = fact.parse(self.get(*fact.path), now)
+            except PveError as exc:
+                held.error = str(exc)
+                log.debug("%s: %s (retried next cycle)", fact.label, exc)
+                continue
+            held.fetched = now
+            held.error = ""
+            held.stale_term = False
 
     def invalidate_slow(self) -> None:
-        """Forget cached rules/options/backup/HA status (e.g. on a new term)."""
-        self._slow.clear()
+        """A new term: refresh every slow fact soon (one per cycle), but
+        keep what was read, with its read time; a value too old for
+        `FRESH_FOR` holds decisions back until it is read again."""
+        for held in self._slow.values():
+            held.stale_term = True
+
+    def missing_facts(self, now: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The slow facts not read fresh (within `FRESH_FOR`), each as
+        "what (why)" for the journal: (all of them, those whose last read
+        failed). A fact merely not asked yet (a term began, the API was
+        down) is in the first only."""
+        missing: list[str] = []
+        failed: list[str] = []
+        for fact in SLOW_FACTS:
+            held = self._slow[fact.key]
+            why = f": {held.error}" if held.error else ""
+            if held.fetched is None:
+                text = f"{fact.label} (not read yet{why})"
+            elif now - held.fetched > FRESH_FOR:
+                text = f"{fact.label} (last read {now - held.fetched:.0f} s ago{why})"
+            else:
+                continue
+            missing.append(text)
+            if held.error:
+                failed.append(text)
+        return tuple(missing), tuple(failed)
+
+    def slow_value(self, key: str) -> Any:
+        return self._slow[key].value
 
     # -- cluster view
 
-    def sample(self, now: float) -> tuple[Snapshot, tuple[Task, ...]]:
-        """One snapshot of the cluster plus the task list it was built from."""
+    def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
+        """One snapshot of the cluster plus the task list it was built from.
+
+        `/cluster/resources` and `/cluster/tasks` are read every time (a
+        failure raises); of the slow facts at most `slow` are refreshed
+        (None: every one due, as a one-shot command such as `plan` or
+        `status` needs; the daemon's cycles pass 1), the others come from
+        the cache. `Snapshot.missing` names
+        every fact not read fresh (`unreadable` those whose read failed):
+        the agent does not migrate on such a snapshot."""
         resources = self.get("cluster", "resources")
         nodes, guests = parse_resources(resources)
         tasks = parse_tasks(self.get("cluster", "tasks"))
-        rules = self._slow_get("rules", now, ("cluster", "ha", "rules"), [])
-        options = self._slow_get("options", now, ("cluster", "options"), {})
-        backup = self._slow_get("backup", now, ("cluster", "backup"), [])
-        manager = self._slow_get("manager", now, ("cluster", "ha", "status", "manager_status"),
-                                 {})
-        try:
-            parsed_rules = parse_rules(rules)
-        except PveError as exc:
-            log.warning("%s; no HA rules assumed", exc)
-            parsed_rules = ()
-        try:
-            jobs = parse_backup_jobs(backup)
-        except PveError as exc:
-            log.warning("%s; assuming a backup may start any moment", exc)
-            jobs = (BackupJob("?", "", None),)
-        maintenance = parse_maintenance(manager)
+        self.refresh_slow(now, slow)
+        missing, failed = self.missing_facts(now)
+        broken = tuple(_missing_statistics(resources))
+        maintenance: frozenset[str] = self.slow_value("manager") or frozenset()
         if maintenance:
             nodes = tuple(Node(n.name, n.online, n.cpu, n.maxcpu, n.mem, n.maxmem,
                                maintenance=n.name in maintenance) for n in nodes)
+        jobs: tuple[BackupJob, ...] = self.slow_value("backup") or ()
         running = [t.upid for t in tasks if t.running and t.kind in MIGRATION_TASK_TYPES]
         snapshot = Snapshot(
-            time=now, nodes=nodes, guests=guests, rules=parsed_rules,
-            ha_auto_rebalance=parse_auto_rebalance(options),
+            time=now, nodes=nodes, guests=guests, rules=self.slow_value("rules") or (),
+            ha_auto_rebalance=bool(self.slow_value("options")),
             migrations_running=tuple(running),
             backup_running=any(t.running and t.kind == "vzdump" for t in tasks),
-            next_backup_in=next_backup_start(jobs, now))
+            next_backup_in=next_backup_start(jobs, now), missing=(*missing, *broken),
+            unreadable=(*failed, *broken))
         return snapshot, tasks
+
+    def guest_tags(self, node: str, vmid: int) -> frozenset[str]:
+        """The tags in a guest's own configuration, for a guest whose
+        `/cluster/resources` entry carried no `tags` field (PVE leaves it
+        out when there are none, and so does a half-written answer)."""
+        data = self.get("nodes", node, "qemu", vmid, "config")
+        if not isinstance(data, Mapping):
+            raise PveError(f"GET /nodes/{node}/qemu/{vmid}/config: expected an object")
+        return parse_tags(data.get("tags"))
 
     # -- warm-up
 

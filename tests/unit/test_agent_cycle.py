@@ -29,6 +29,7 @@ from pvesim.protocol import RequestRecord
 from simlab.inprocess import AGENT_TOKEN, make_lab
 from simlab.inprocess import InProcessLab as Lab
 from tests.conftest import guest_spec, nodes_spec
+from tests.term_start import first_decision
 
 # -- situations -----------------------------------------------------------
 
@@ -162,9 +163,14 @@ def test_standby_touches_no_api() -> None:
 def test_leader_starts_one_migration_then_follows_it() -> None:
     lab = lab_with(memory_hot())
     a = lab.agent
-    result = a.run_cycle()
+    opening = a.run_cycle()
+    assert opening.sentence.startswith("leading as the only balancer (no election); no action: "
+                                       "waiting for "
+                                       "facts to be read: cluster options (not read yet)")
+    assert lab.migrate_posts() == [], "no decision before every fact is read"
+    a.env.sleep(5)
+    result = first_decision(a)
     first = result.sentence
-    assert first.startswith("leading as the only balancer")
     assert "memory" in first and "started task UPID:" in first
     assert result.fields["result"] == "started"
     [post] = lab.migrate_posts()
@@ -193,7 +199,7 @@ def test_leader_starts_one_migration_then_follows_it() -> None:
 def test_unmovable_guests_are_learnt_and_skipped_without_a_post() -> None:
     lab = lab_with(memory_hot(local_disk=(101, 102, 103, 104)))
     a = lab.agent
-    assert "started task" in a.run_cycle().sentence
+    assert "started task" in first_decision(a).sentence
     assert [(vmid_of(p), p.status) for p in lab.migrate_posts()] == [(105, 200)]
     asked = {vmid_of(r) for r in lab.requests("GET", "/migrate")}
     learnt = set(a.unmovable_until)
@@ -205,7 +211,7 @@ def test_unmovable_guests_are_learnt_and_skipped_without_a_post() -> None:
 def test_no_post_without_confirmed_leadership() -> None:
     election = LeaderThatCannotConfirm()
     lab = lab_with(memory_hot(), election=election)
-    result = lab.agent.run_cycle()
+    result = first_decision(lab.agent)
     assert "leadership could not be confirmed" in result.sentence
     assert result.fields["result"] == "not-leader"
     assert lab.requests("GET", "/migrate"), "it got as far as the preconditions"
@@ -219,7 +225,7 @@ def test_no_post_without_confirmed_leadership() -> None:
 def test_disabled_and_dry_run_never_post(config: Config, prefix: str) -> None:
     lab = lab_with(memory_hot(), config=config)
     a = lab.agent
-    a.run_cycle()
+    first_decision(a)
     a.env.sleep(5)
     sentence = a.run_cycle().sentence
     assert sentence.startswith(prefix), sentence
@@ -256,7 +262,7 @@ def test_an_unexpected_exception_is_an_error_with_its_traceback() -> None:
     assert isinstance(failed.error, ZeroDivisionError), "the daemon logs its traceback"
     assert lab.sim.request_log == []
     a.env.sleep(5)
-    assert "started task" in a.run_cycle().sentence, "the next cycle connects and goes on"
+    assert "started task" in first_decision(a).sentence, "the next cycles connect and go on"
     assert len(attempts) == 2 and len(lab.migrate_posts()) == 1
 
 
@@ -264,7 +270,7 @@ def test_migrate_post_failure_puts_the_guest_in_cooldown() -> None:
     lab = lab_with(memory_hot())
     refused = refuse_migrations(lab, range(101, 106))
     a = lab.agent
-    sentence = a.run_cycle().sentence
+    sentence = first_decision(a).sentence
     assert "could not start" in sentence and "cooldown" in sentence
     assert "can't lock file" in sentence, "PVE's reason is named"
     [vmid] = [v for v, rule in refused.items() if rule.fired]
@@ -290,10 +296,11 @@ def test_cpu_mode_waits_for_a_minute_of_guest_history_without_rrd() -> None:
         return sorted(vmid_of(r) for r in lab.requests("GET", "/rrddata") if "/qemu/" in r.path)
 
     a = lab.agent
-    first = a.run_cycle().sentence
+    sampled = a.env.now()
+    first = first_decision(a).sentence
     assert "still warming up" in first and lab.requests("POST") == []
     assert guest_rrd_reads() == [101, 102, 103, 104], "RRD asked once per guest"
-    for _ in range(11):
+    while a.env.now() < sampled + 55:
         a.env.sleep(5)
         assert "still warming up" in a.run_cycle().sentence
     a.env.sleep(5)
@@ -339,7 +346,7 @@ def test_never_valid_config_makes_the_agent_passive(tmp_path: Path) -> None:
     assert lab.sim.request_log == []
     write(path, "enabled: true\n", 2000)
     a.env.sleep(5)
-    assert "started task" in a.run_cycle().sentence
+    assert "started task" in first_decision(a).sentence
     assert len(lab.migrate_posts()) == 1
 
 
@@ -371,6 +378,8 @@ def test_losing_leadership_drops_the_followed_migration_and_a_new_term_starts_fr
     lab = lab_with(memory_hot(), election=election)
     a = lab.agent
     assert a.run_cycle().sentence.startswith("became leader; ")
+    a.env.sleep(5)
+    first_decision(a)
     assert a.inflight is not None
     moving = a.inflight.vmid
     assert moving in a.cooldown_until, "in cooldown from the start of its move"

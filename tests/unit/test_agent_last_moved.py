@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pve_balancer.config import Config
 from pve_balancer.policy import PROACTIVE_REST
+from tests.term_start import first_decision
 
 from .test_agent_cycle import lab_with, memory_hot, refuse_migrations, vmid_of
 
@@ -17,10 +18,10 @@ from .test_agent_cycle import lab_with, memory_hot, refuse_migrations, vmid_of
 def test_a_started_migration_is_remembered_for_the_proactive_rest() -> None:
     lab = lab_with(memory_hot(), config=Config(seed=3, vm_cooldown=60))
     a = lab.agent
-    posted_at = a.env.now()
-    assert "started task" in a.run_cycle().sentence
+    assert "started task" in first_decision(a).sentence
     [post] = lab.migrate_posts()
-    assert post.status == 200 and post.time == posted_at
+    posted_at = post.time
+    assert post.status == 200
     vmid = vmid_of(post)
     assert a._policy_state(posted_at).last_moved == {vmid: posted_at}
     # past the cooldown, still within the rest
@@ -37,8 +38,9 @@ def test_a_refused_migration_counts_as_tried() -> None:
     lab = lab_with(memory_hot())
     refused = refuse_migrations(lab, range(101, 106))
     a = lab.agent
+    result = first_decision(a)
     posted_at = a.env.now()
-    assert "could not start" in a.run_cycle().sentence
+    assert "could not start" in result.sentence
     [vmid] = [v for v, rule in refused.items() if rule.fired]
     assert a._policy_state(posted_at + 1).last_moved == {vmid: posted_at}
 
@@ -46,5 +48,5 @@ def test_a_refused_migration_counts_as_tried() -> None:
 def test_no_post_no_record() -> None:
     lab = lab_with(memory_hot(), config=Config(seed=3, dry_run=True))
     a = lab.agent
-    assert "dry run, not started" in a.run_cycle().sentence
+    assert "dry run, not started" in first_decision(a).sentence
     assert lab.requests("POST") == [] and a.last_moved == {}

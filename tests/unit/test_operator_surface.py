@@ -108,7 +108,7 @@ def test_status_exit_codes_are_in_the_man_page_and_readme() -> None:
 def test_a_clean_stop_says_at_once_that_there_is_no_leader(tmp_path: Path) -> None:
     scenario = {**memory_hot(), "start_time": time.time() - WARMUP}
     lab = make_lab(scenario, Config(seed=1, dry_run=True), status_dir=tmp_path)
-    lab.run(15)
+    lab.run(25)  # the first four cycles read the slow facts, the fifth decides
     status = PveRoot(tmp_path).status
     assert (read_status(status) or {}).get("leader") == "pve1"
     code, _ = run_cli("--pve-root", str(tmp_path), "status", "--no-live")
@@ -125,7 +125,7 @@ def test_a_clean_stop_says_at_once_that_there_is_no_leader(tmp_path: Path) -> No
 def test_an_agent_that_no_longer_leads_leaves_the_status_alone(tmp_path: Path) -> None:
     scenario = {**memory_hot(), "start_time": time.time() - WARMUP}
     lab = make_lab(scenario, Config(seed=1, dry_run=True), status_dir=tmp_path)
-    lab.run(15)
+    lab.run(25)  # the first four cycles read the slow facts, the fifth decides
     status = PveRoot(tmp_path).status
     before = status.read_bytes()
     lab.agent.env.election.release()  # lost the lock without noticing yet
