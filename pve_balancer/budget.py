@@ -22,8 +22,8 @@ cut short by the budget (a cut POST may have started a migration).
 Arithmetic (docs/operations.md, "Time budget"): 30 s budget + 5 s grace
 for the election's and status file's pmxcfs calls = 35 s < 60 s safety
 bound and < 60 s WatchdogSec; a renew is due every 10 s and happens at the
-start of each cycle, so the last good renew is at most one cycle (35 s)
-plus the 5 s interval old: 40 s < 60 s.
+start of a cycle, so when the leader next looks its last good renew is at
+most 10 s + one cycle (35 s) = 45 s old: < 60 s.
 """
 
 from __future__ import annotations
