@@ -11,11 +11,12 @@ lines the daemon wrote.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pve_balancer.config import Config, parse_config
+from pve_balancer.config import Config, ConfigSource, parse_config
 from simlab.inprocess import InProcessLab, simulator
 from tests.conftest import guest_spec, nodes_spec
 
@@ -95,3 +96,19 @@ def test_breaker_keys_are_clamped_and_counted_in_whole_numbers() -> None:
     assert "not a whole number" in str(halves.warnings[0])
     off = parse_config("breaker_failures: 0\n")
     assert off.config is not None and off.config.breaker_failures == 0
+
+
+def test_a_change_of_balancer_yaml_resets_the_breaker(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pve_balancer")
+    path = tmp_path / "balancer.yaml"
+    path.write_text("seed: 3\n", encoding="utf-8")
+    cluster = lab(Config(seed=3))
+    cluster.agent.config_source = ConfigSource(path)
+    cluster.run(600)
+    assert len(cluster.migrate_posts()) == 3
+    path.write_text("seed: 3\nvm_cooldown: 600\n", encoding="utf-8")
+    cluster.run(120)
+    assert len(cluster.migrate_posts()) > 3, "the operator's change lets it try again"
+    assert any("circuit breaker reset (balancer.yaml changed)" in line
+               for line in breaker_lines(caplog))
