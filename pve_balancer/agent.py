@@ -136,7 +136,7 @@ class Agent:
     def _reset_breaker(self, why: str) -> None:
         said = self.breaker.reset(self.env.now(), why)
         if said:
-            log.warning("%s", said)
+            log.info("%s", said)
 
     def role(self) -> str:
         return self.env.election.describe()
