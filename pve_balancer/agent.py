@@ -15,7 +15,11 @@ Rules this module enforces around the pure policy:
 - Moved and failed guests go into cooldown; nothing is retried in a loop.
 - Guests that cannot move live (local disks or resources) are learnt from
   PVE's migrate preconditions before the first attempt and remembered.
-- Leadership is re-confirmed immediately before every POST.
+- Leadership is re-confirmed immediately before every POST (`fence`).
+- The requests of one cycle share a time budget (`budget`); a cycle that
+  runs out of it ends with "no action".
+- After repeated failed migrations the circuit breaker (`breaker`) stops
+  all migrations until an operator acts or its window passes.
 - The configuration is re-read when the file changes (or on demand, e.g.
   SIGHUP); a broken file keeps the last good configuration.
 """
@@ -28,10 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import executor
+from .breaker import Breaker
+from .budget import BudgetSpentError
 from .config import Config, ConfigSource
 from .ema import CpuEstimator
 from .env import Environment
 from .executor import InFlight
+from .fence import FencedError
 from .model import Decision, Estimates, Migration, Preconditions, Snapshot, Task
 from .policy import (
     PROACTIVE_REST,
@@ -144,12 +151,21 @@ class Agent:
         self.pressure_since: dict[str, float] = {}
         self._placement: dict[int, tuple[str, bool]] = {}  # vmid -> (node, locked migrate)
         self._ha_waiting: str | None = None  # vmid of an HA request not carried out yet
+        self.breaker = Breaker()
 
     # ------------------------------------------------------------ plumbing
 
     def reload(self) -> bool:
-        """Re-read the configuration now (SIGHUP)."""
-        return self.config_source.refresh(force=True)
+        """Re-read the configuration now (SIGHUP); an operator acted, so the
+        circuit breaker is reset."""
+        changed = self.config_source.refresh(force=True)
+        self._reset_breaker("SIGHUP")
+        return changed
+
+    def _reset_breaker(self, why: str) -> None:
+        said = self.breaker.reset(self.env.now(), why)
+        if said:
+            log.info("%s", said)
 
     def role(self) -> str:
         return self.env.election.describe()
@@ -190,13 +206,18 @@ class Agent:
         now = self.env.now()
         prefix = ""
         try:
-            self.config_source.refresh()
+            self.env.begin_cycle()
+            if self.config_source.refresh():
+                self._reset_breaker("balancer.yaml changed")
             change = self.env.election.tick(now)
             prefix = f"{change}; " if change else ""
             result = self._cycle(now, prefix)
         except PveError as exc:
             result = CycleResult(f"{prefix}{exc.sentence}", logging.WARNING,
                                  {"problem": exc.kind})
+        except BudgetSpentError as exc:
+            result = CycleResult(f"{prefix}{exc.sentence}", logging.WARNING,
+                                 {"request": exc.request, "result": "deadline"})
         except Exception as exc:  # the loop must survive anything
             result = CycleResult(f"{prefix}cycle failed: {type(exc).__name__}: {exc}",
                                  logging.ERROR, error=exc)
@@ -410,11 +431,19 @@ class Agent:
             self._record(now, m, "dry-run", decision.reason)
             return CycleResult(f"dry run, not started: {decision.reason}",
                                fields={**fields, "result": "dry-run"})
-        if not self.env.election.confirm(self.env.now()):
-            return CycleResult(f"not migrating vm {m.vmid}: leadership could not be confirmed",
-                               logging.WARNING, {**fields, "result": "not-leader"})
+        self.breaker.configure(config.breaker_failures, config.breaker_window)
+        closed = self.breaker.close_if_due(now)
+        if closed:
+            log.info("%s", closed)
+        if self.breaker.is_open(now):
+            self._record(now, m, "breaker-open", decision.reason)
+            return CycleResult(f"{self.breaker.describe(now)}, not started: {decision.reason}",
+                               fields={**fields, "result": "breaker-open"})
         try:
             upid = self.env.migrate(m.source, m.vmid, m.target)
+        except FencedError as exc:
+            return CycleResult(f"not migrating vm {m.vmid}: {exc}",
+                               logging.WARNING, {**fields, "result": "not-leader"})
         except PveError as exc:
             self.cooldown_until[m.vmid] = now + config.vm_cooldown
             self.last_moved[m.vmid] = now
@@ -432,9 +461,11 @@ class Agent:
                     f"answer ({exc}); checking whether it started",
                     logging.WARNING, {**fields, "result": "unconfirmed"})
             self._record(now, m, f"failed to start: {exc}", decision.reason)
+            tripped = self.breaker.failed(now, f"vm {m.vmid} could not start")
             return CycleResult(
                 f"migration of vm {m.vmid} ({m.name}) {m.source} → {m.target} could not "
-                f"start: {exc}; vm {m.vmid} in cooldown for {config.vm_cooldown:.0f} s",
+                f"start: {exc}; vm {m.vmid} in cooldown for {config.vm_cooldown:.0f} s"
+                + (f"; {tripped}" if tripped else ""),
                 logging.WARNING, {**fields, "result": "failed"})
         # In cooldown from the start, so it stays out even if this agent stops
         # following it (leadership lost); renewed when the move ends.
@@ -483,8 +514,10 @@ class Agent:
                 self.estimator.apply_migration(flight.vmid, flight.source, flight.target,
                                                float(source.maxcpu), float(target.maxcpu))
             return CycleResult(progress.sentence, fields=fields)
+        tripped = self.breaker.failed(now, f"vm {flight.vmid} {progress.exitstatus}")
         return CycleResult(f"{progress.sentence}; vm {flight.vmid} in cooldown for "
-                           f"{config.vm_cooldown:.0f} s", logging.WARNING, fields)
+                           f"{config.vm_cooldown:.0f} s" + (f"; {tripped}" if tripped else ""),
+                           logging.WARNING, fields)
 
     @staticmethod
     def _find_lost_task(flight: InFlight, tasks: tuple[Task, ...]) -> None:

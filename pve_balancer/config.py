@@ -78,6 +78,8 @@ class Config:
     exclude_nodes: frozenset[str] = field(default_factory=frozenset)
     backup_guard: float = 120.0
     seed: int | None = None
+    breaker_failures: int = 3
+    breaker_window: float = 1800.0
 
     def as_dict(self) -> dict[str, object]:
         """Plain JSON-friendly values (`exclude_nodes` as a sorted list), for
@@ -292,7 +294,11 @@ _KEYS: dict[str, _Key] = {
     "exclude_nodes": _Key(_read_node_names),
     "backup_guard": _Key(_read_number, 0.0, None),
     "seed": _Key(_read_seed),
+    "breaker_failures": _Key(_read_number, 0.0, 100.0),
+    "breaker_window": _Key(_read_number, 60.0, 86400.0),
 }
+
+_WHOLE = frozenset({"breaker_failures"})  # counts: read as numbers, kept as integers
 
 _NULLABLE = frozenset({"exclude_nodes", "seed"})  # null is a meaningful value for these
 _DEFAULTS = Config()
@@ -532,6 +538,13 @@ def parse_config(text: str, source: str = "balancer.yaml") -> LoadResult:
 
     if any(p.fatal for p in problems):
         return rejected()
+    for name in _WHOLE & values.keys():
+        number = values[name]
+        if isinstance(number, float):
+            if not number.is_integer():
+                problem(None, name, f"{_fmt(number)} is not a whole number, "
+                        f"{_fmt(round(number))} is used", False)
+            values[name] = round(number)
     return LoadResult(Config(**values), _bounded(problems, source))  # type: ignore[arg-type]
 
 

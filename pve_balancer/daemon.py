@@ -14,6 +14,15 @@ The loop keeps a fixed rate (cycle starts are `interval` apart, not
 `interval` after the previous cycle ended) and warns when a cycle overruns;
 missed slots are skipped rather than run back to back.
 
+The watchdog (WATCHDOG=1, `WatchdogSec=60s` in the unit) is fed only by
+cycles that completed in time: within `budget.CYCLE_LIMIT` (the cycle's
+30 s request budget plus 5 s for the rest), and between cycles, while the
+last one was in time, at most every `WATCHDOG_EVERY` seconds (an `interval`
+up to 60 s must not starve it). A cycle the budget could not bound (a
+pmxcfs call that hangs, a bug that loops) feeds nothing, so systemd kills
+and restarts an agent that is stuck rather than one that is slow; the
+first late cycle is said once, as an episode.
+
 Journal volume (`episodes`): a quiet cluster would otherwise write a
 near-identical line every 5 s, and a lasting problem a WARNING every cycle.
 A sentence is logged at INFO when its wording (ignoring numbers) changes,
@@ -32,6 +41,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from .agent import Agent, CycleResult
+from .budget import CYCLE_LIMIT
 from .display import display_safe
 from .env import Clock
 from .episodes import HEARTBEAT, CycleJournal, Episodes, Line, sentence_kind
@@ -44,6 +54,9 @@ __all__ = ["HEARTBEAT", "SLEEP_SLICE", "Daemon", "sentence_kind"]
 
 SLEEP_SLICE = 0.5
 """Longest single sleep, so a stop flag set by a signal is seen promptly."""
+
+WATCHDOG_EVERY = 10.0
+"""Seconds between watchdog pings while sleeping after a cycle in time."""
 
 
 class Daemon:
@@ -60,6 +73,11 @@ class Daemon:
         self.overruns = 0
         self.journal = CycleJournal()
         self._overrun_episode = Episodes()
+        self._late_episode = Episodes()
+        self.cycle_limit = CYCLE_LIMIT
+        self.in_time = False  # whether the last cycle completed within `cycle_limit`
+        self._fed_at = float("-inf")
+        self.late_cycles = 0
 
     # -- signals
 
@@ -97,24 +115,43 @@ class Daemon:
                           "in force is kept", type(exc).__name__, exc, exc_info=True)
             finally:
                 self.notifier.ready()
+        started = self.clock.now()
         result = self.agent.run_cycle()
         self.cycles += 1
-        self._log(result, self.clock.now())
+        now = self.clock.now()
+        self._log(result, now)
         role = self.agent.role()
         # One line: a newline from a guest name would start another sd_notify
         # assignment (STOPPING=1, MAINPID=...).
         self.notifier.status(display_safe(f"{role}: {result.sentence}"))
-        self.notifier.watchdog()
+        took = now - started
+        self.in_time = took <= self.cycle_limit
+        if self.in_time:
+            _write(self._late_episode.clear(now))
+            self._feed(now)
+        else:
+            self.late_cycles += 1
+            _write(self._late_episode.problem(
+                now, f"cycle took {took:.0f} s, beyond the {self.cycle_limit:.0f} s a cycle may "
+                "take; the watchdog is not fed for it", logging.WARNING, key="late",
+                end="cycles complete in time again after {duration}, {cycles} were late"))
         if self.cycles == 1:
             self.notifier.ready()
         return result
 
+    def _feed(self, now: float) -> None:
+        self._fed_at = now
+        self.notifier.watchdog()
+
     def _sleep_until(self, deadline: float) -> None:
         while not self.stop_requested.is_set():
-            remaining = deadline - self.clock.now()
+            now = self.clock.now()
+            if self.in_time and now - self._fed_at >= WATCHDOG_EVERY:
+                self._feed(now)
+            remaining = deadline - now
             if remaining <= 0:
                 return
-            self.clock.sleep(min(remaining, self.sleep_slice))
+            self.clock.sleep(min(remaining, self.sleep_slice, WATCHDOG_EVERY))
 
     def run(self, max_cycles: int | None = None,
             on_cycle: Callable[[CycleResult], None] | None = None) -> int:

@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from . import fence
+from .budget import CYCLE_BUDGET, Budget, BudgetSpentError
 from .leadership import Election
 from .model import Preconditions, Snapshot, Task
-from .pve import PveClient
+from .pve import DEFAULT_TIMEOUT, PveClient
 from .status import DecisionRecord, NodeRecord, StatusWriter, decisions_from, read_status
 
 
@@ -67,6 +69,12 @@ class Environment(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def begin_cycle(self) -> None:
+        """A cycle starts: its requests share one time budget from now on
+        (`budget.Budget`); a request the budget cannot afford raises
+        `budget.BudgetSpentError`."""
+        ...
+
     def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
         """The cluster now, and the task list it was built from; at most
         `slow` of the slow facts are refreshed (None: all that are due)."""
@@ -84,7 +92,11 @@ class Environment(Protocol):
         ...
 
     def migrate(self, node: str, vmid: int, target: str) -> str:
-        """Start a live migration; the UPID of its task."""
+        """Start a live migration; the UPID of its task. Leadership is
+        re-confirmed immediately before the POST (`fence.check`): raises
+        `fence.FencedError` when it cannot be, and `budget.BudgetSpentError`
+        when the cycle's budget could not give the POST its whole timeout;
+        in both cases nothing was sent."""
         ...
 
     def task_status(self, upid: str) -> Task: ...
@@ -120,8 +132,11 @@ class PveEnvironment:
     """
 
     def __init__(self, *, node: str, connect: Callable[[], PveClient], election: Election,
-                 clock: Clock | None = None, status: StatusWriter | None = None) -> None:
+                 clock: Clock | None = None, status: StatusWriter | None = None,
+                 cycle_budget: float = CYCLE_BUDGET) -> None:
         self._node = node
+        self.cycle_budget = cycle_budget
+        self.budget: Budget | None = None
         self._connect = connect
         self._client: PveClient | None = None
         self._election = election
@@ -150,10 +165,16 @@ class PveEnvironment:
 
     # -- the cluster
 
+    def begin_cycle(self) -> None:
+        self.budget = Budget(self._clock.now, self.cycle_budget)
+        if self._client is not None:
+            self._client.budget = self.budget
+
     @property
     def client(self) -> PveClient:
         if self._client is None:
             self._client = self._connect()
+            self._client.budget = self.budget
         return self._client
 
     def sample(self, now: float, slow: int | None = None) -> tuple[Snapshot, tuple[Task, ...]]:
@@ -173,7 +194,17 @@ class PveEnvironment:
         return self.client.guest_tags(node, vmid)
 
     def migrate(self, node: str, vmid: int, target: str) -> str:
-        return self.client.migrate(node, vmid, target)
+        client = self.client
+        cap = client.timeout or DEFAULT_TIMEOUT
+        post = f"POST /nodes/{node}/qemu/{vmid}/migrate"
+
+        def last_check() -> None:
+            budget = self.budget
+            if budget is not None and not budget.post_allowed(cap):
+                raise BudgetSpentError(budget.seconds, budget.spent(), post, sent=False)
+            fence.check(self._election, self._clock.now)
+
+        return client.migrate(node, vmid, target, fence=last_check)
 
     def task_status(self, upid: str) -> Task:
         return self.client.task_status(upid)

@@ -38,12 +38,16 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
+from .budget import Budget
 from .calendar import ScheduleError, next_start
 from .model import AffinityRule, Guest, Node, Preconditions, Snapshot, Task
 
 log = logging.getLogger(__name__)
 
 SLOW_REFRESH = 60.0
+DEFAULT_TIMEOUT = 10.0
+"""Seconds one request may take (`connect`'s default): the per-request cap
+within a cycle's time budget (`budget`)."""
 """Seconds between refreshes of rules, options, backup jobs and HA status."""
 
 MIGRATION_TASK_TYPES = frozenset({"qmigrate", "hamigrate", "vzmigrate"})
@@ -606,14 +610,38 @@ class PveClient:
         self.token_file = token_file
         self.timeout = timeout
         self._slow: dict[str, _Held] = {f.key: _Held() for f in SLOW_FACTS}
+        self.budget: Budget | None = None
+        """The time budget of the current cycle (set by the environment per
+        cycle; None: each request only has its own `timeout`)."""
         self._version: int | None = None
         self.requests = 0
         """API calls made through this client (tests and `plan` report it)."""
 
     # -- low level
 
+    def _request_timeout(self, method: str, request: str) -> float | None:
+        """This request's timeout: the per-request cap, shortened to what is
+        left of the cycle's budget (`BudgetSpentError` when too little is).
+        A POST always gets the whole cap: the caller checked the budget
+        before it (`budget.Budget.post_allowed`), and a POST cut short may
+        still have started a migration."""
+        if self.budget is None or method != "GET":
+            return self.timeout
+        cap = self.timeout if self.timeout else DEFAULT_TIMEOUT
+        return self.budget.timeout(cap, request)
+
+    def _set_timeout(self, seconds: float | None) -> None:
+        # proxmoxer takes a request's timeout from the session's auth object
+        # (`ProxmoxHttpSession.request`: `timeout = auth.timeout`).
+        session = getattr(self.api, "_store", {}).get("session")
+        auth = getattr(session, "auth", None)
+        if auth is not None and hasattr(auth, "timeout") and seconds is not None:
+            auth.timeout = seconds
+
     def _call(self, method: str, path: Sequence[str | int], **params: Any) -> Any:
         text = "/" + "/".join(str(p) for p in path)
+        timeout = self._request_timeout(method, f"{method} {text}")
+        self._set_timeout(timeout)
         self.requests += 1
         try:
             resource = self.api(list(path)) if path else self.api
@@ -625,7 +653,10 @@ class PveClient:
         except requests.exceptions.SSLError as exc:
             raise self._tls_error(method, text, exc) from exc
         except requests.exceptions.Timeout as exc:
-            after = f" after {self.timeout:g} s" if self.timeout else ""
+            if method == "GET" and self.budget is not None and timeout is not None and \
+                    self.timeout and timeout < self.timeout:
+                raise self.budget.cut_off(f"{method} {text}") from exc
+            after = f" after {timeout:g} s" if timeout else ""
             raise PveError(f"{method} {text}: timed out{after}", kind="unreachable") from exc
         except requests.exceptions.ConnectionError as exc:
             raise self._connection_error(method, text, exc) from exc
@@ -814,14 +845,19 @@ class PveClient:
         data = self.get("nodes", node, "qemu", vmid, "migrate", target=target)
         return parse_preconditions(vmid, data)
 
-    def migrate(self, node: str, vmid: int, target: str) -> str:
-        """Start a live migration; returns the UPID PVE answered."""
+    def migrate(self, node: str, vmid: int, target: str,
+                fence: Callable[[], None] | None = None) -> str:
+        """Start a live migration; returns the UPID PVE answered. `fence`
+        runs after every other request, immediately before the POST; what
+        it raises stops the POST (`fence.check`)."""
         params: dict[str, Any] = {"target": target, "online": 1}
         try:
             if self.major_version() >= 9:
                 params["with-conntrack-state"] = 1
         except PveError as exc:
             log.warning("%s; migrating without conntrack state", exc)
+        if fence is not None:
+            fence()
         upid = self._call("POST", ("nodes", node, "qemu", vmid, "migrate"), **params)
         if not isinstance(upid, str) or not upid.startswith("UPID:"):
             raise PveError(f"POST /nodes/{node}/qemu/{vmid}/migrate: no task id in the answer "
@@ -845,7 +881,7 @@ class PveClient:
 
 
 def connect(api_url: str, token: ApiToken, verify: str | bool = True,
-            timeout: float = 10.0, token_file: Path | None = None) -> PveClient:
+            timeout: float = DEFAULT_TIMEOUT, token_file: Path | None = None) -> PveClient:
     """A client for the API at `api_url` (e.g. https://localhost:8006).
 
     `verify` is a CA bundle path (normally `/etc/pve/pve-root-ca.pem`), True
