@@ -421,6 +421,8 @@ class Agent:
             # A failed read is a problem; facts not asked yet (a term just
             # began, the API was down) are not.
             level = logging.WARNING if snapshot.unreadable else logging.INFO
+            if snapshot.missing and not snapshot.unreadable:
+                fields["result"] = "reading"
             return CycleResult(decision.sentence, level, fields=fields)
         fields.update(vmid=m.vmid, source=m.source, target=m.target)
         if not config.enabled:

@@ -160,7 +160,14 @@ class CycleJournal:
             guest = f" [vm {fields['vmid']}]" if "vmid" in fields else ""
             return self.episodes.problem(now, sentence, level, fields, error,
                                          key=sentence_kind(own) + guest)
-        out = self.episodes.clear(now, {"role": fields.get("role")} if "role" in fields else {})
+        # A cycle that only read facts it had not yet (a term began, or a
+        # slow API let it read one more) shows that the API answers, but
+        # not that another problem ended (a spent time budget): such an
+        # episode stays open until a cycle decides.
+        ep = self.episodes.current
+        reading = fields.get("result") == "reading"
+        out = [] if reading and ep is not None and ep.key != "api" else \
+            self.episodes.clear(now, {"role": fields.get("role")} if "role" in fields else {})
         kind = sentence_kind(sentence)
         if level == logging.INFO and not out and kind == self._last_kind and \
                 now - self._last_logged < self.heartbeat:

@@ -72,7 +72,8 @@ def test_a_slow_api_ends_cycles_within_the_budget_and_the_leader_stays(
     assert longest <= CYCLE_LIMIT, f"a cycle took {longest:.1f} s:\n{report}"
     assert not [s for _, s, _ in ran if "stepped down" in s], \
         f"the leader stepped down on its own slow cycles:\n{report}"
-    assert all("time budget is spent" in s for _, s, _ in ran[1:]), report
+    assert all("time budget is spent" in s or "waiting for facts" in s for _, s, _ in ran), \
+        report
     assert [pings for _, _, pings in ran] == [1] * 10, "every cycle in time feeds the watchdog"
     assert lab.migrate_posts() == [], "nothing is started on a cycle out of time"
     said = [r for r in caplog.records if r.levelno >= logging.WARNING
@@ -93,10 +94,12 @@ def test_a_request_gets_only_what_is_left_of_the_budget(tmp_path: Path) -> None:
 
 def test_a_slow_but_workable_api_still_moves(tmp_path: Path) -> None:
     lab = slow_lab(tmp_path, latency=1.5)
-    ran = cycles(lab, 3)
+    ran = cycles(lab, 6)
     report = "\n".join(f"{took:5.1f} s  {sentence}" for took, sentence, _ in ran)
-    # 10 GETs of 1.5 s leave more than the POST's whole 10 s timeout
-    assert "started task" in ran[0][1] and len(lab.migrate_posts()) == 1, report
+    # 10 GETs of 1.5 s leave more than the POST's whole 10 s timeout; the
+    # term's first cycles read the slow facts, one per cycle
+    assert any("started task" in s for _, s, _ in ran[:5]), report
+    assert len(lab.migrate_posts()) == 1, report
     assert max(took for took, _, _ in ran) <= CYCLE_LIMIT, report
 
 

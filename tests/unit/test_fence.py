@@ -16,6 +16,7 @@ from pve_balancer.leadership import AlwaysLeader
 from pvesim.clock import VirtualClock
 from simlab.inprocess import InProcessLab, simulator
 from tests.conftest import guest_spec, nodes_spec
+from tests.term_start import first_decision
 
 
 def memory_hot() -> dict[str, Any]:
@@ -44,7 +45,7 @@ def run(stall: float) -> tuple[InProcessLab, str]:
     sim = simulator(memory_hot())
     lab = InProcessLab.attach(sim, Config(seed=3), election=StallsInConfirm(VirtualClock(sim),
                                                                              stall))
-    return lab, lab.agent.run_cycle().sentence
+    return lab, first_decision(lab.agent).sentence
 
 
 def test_a_stall_after_the_renew_keeps_the_post_from_being_sent() -> None:
