@@ -86,6 +86,10 @@ def test_a_leader_stalled_before_its_post_never_posts_after_its_lock_expired(
                                                 or "not migrating" in x.text
                                                 or "started task" in x.text)
                          for x in first.snapshot()), 20)
+    # the successor reads the term's slow facts (one per cycle) before it
+    # decides, then starts its own migration
+    wait_for("the successor to start its own migration",
+             lambda: any(p["served_by"] == successor.node for p in lab.migrate_posts()), 40)
     time.sleep(4)  # room for a late POST to show in the log
 
     report = lab.report()
