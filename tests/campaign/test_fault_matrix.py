@@ -33,7 +33,7 @@ from tests.campaign.inprocess_campaign import Journal, Witness
 from tests.scenarios import scenario_path
 
 EPISODE = 300.0
-AFTER = 240.0
+AFTER = 150.0
 WARMUP = 60.0  # the scenario's hotspot comes 120 s in: a minute into the agent's run
 
 
