@@ -99,7 +99,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("step", "takeover"), CASES, ids=[f"{s}-{t}" for s, t in CASES])
+PHASE_DEPENDENT = {"after-post", "during-follow"}
+"""Steps after the POST: whether the next leader moves twice today depends
+on where PVE's 10 s statistics publishing falls against its cycles (seen:
+1 of 2 runs of after-post-restart POSTed again 0.7 s after the first
+migration ended). Not strict, as the outcome is not repeatable with real
+processes; `test_kill_inprocess.py` pins the phase and fails strictly."""
+
+
+def _params() -> list[object]:
+    out: list[object] = []
+    for step, takeover in CASES:
+        marks = [pytest.mark.xfail(strict=False, reason=DOUBLE_MOVE)] \
+            if step in PHASE_DEPENDENT else []
+        out.append(pytest.param(step, takeover, marks=marks, id=f"{step}-{takeover}"))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("step", "takeover"), _params())
 def test_sigkill_at_a_step_never_moves_twice(labs: list[ProcessLab], tmp_path: Path, step: str,
                                              takeover: str) -> None:
     _run(labs, tmp_path, step, takeover)
