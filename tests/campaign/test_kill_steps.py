@@ -77,6 +77,7 @@ def _run(labs: list[ProcessLab], tmp_path: Path, step: str, takeover: str) -> No
     report = lab.report()
     v = verdict(lab)
     assert all(a.alive for a in survivors), report
+    assert lab.overlaps() == [], report  # never two leaders, by their own lines
     assert v.overlapping() == [], report
     assert v.early_posts(STAT_INTERVAL) == [], f"{v.posts}\n{v.migrations}\n{report}"
     assert len(v.posts) == 1, f"{v.posts}\n{v.migrations}\n{report}"

@@ -171,6 +171,7 @@ def test_no_output_of_real_processes_carries_the_secret(lab: ProcessLab,
         cwd=REPO, env=agent_env(), capture_output=True, text=True, timeout=60, check=False)
     outputs["plan with a refused token"] = refused.stdout + refused.stderr
     assert "refused" in outputs["plan with a refused token"], outputs
+    assert lab.conn["token_id"] in outputs["plan with a refused token"], outputs
     leaked = [name for name, text in outputs.items() if secret in text or wrong in text]
     assert leaked == [], f"the token secret appears in {leaked}"
     assert logging.WARNING
