@@ -16,7 +16,6 @@ Every byte of stdout, stderr and status.json is searched.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -174,4 +173,3 @@ def test_no_output_of_real_processes_carries_the_secret(lab: ProcessLab,
     assert lab.conn["token_id"] in outputs["plan with a refused token"], outputs
     leaked = [name for name, text in outputs.items() if secret in text or wrong in text]
     assert leaked == [], f"the token secret appears in {leaked}"
-    assert logging.WARNING

@@ -69,6 +69,7 @@ class Driver:
     witness: Witness
     fault_until: float = 0.0
     fault_id: int | None = None
+    maint_since: float = 0.0
     maint_until: float = 0.0
     maint_node: str | None = None
     failure_until: float = 0.0
@@ -88,9 +89,8 @@ class Driver:
         r = self.rng
         if r.random() < INTERVAL / 1800:  # a demand change every ~30 min
             g = r.choice(list(self.sim.guests.values()))
-            top = (g.maxmem if hasattr(g, "maxmem") else 8 * GiB) / GiB
-            self.sim.set_demand(g.vmid, cpu=r.uniform(0.1, 1.9),
-                                mem=r.uniform(1.0, min(top, 20.0)) * GiB)
+            top = min(g.maxmem / GiB, 20.0)
+            self.sim.set_demand(g.vmid, cpu=r.uniform(0.1, 1.9), mem=r.uniform(1.0, top) * GiB)
             self._disturb(g.node)
         injector = self.lab.faults
         assert injector is not None
@@ -144,8 +144,6 @@ class Driver:
         if self.maint_node is None:
             return []
         return [(self.maint_node, self.maint_since, math.inf)]
-
-    maint_since: float = 0.0
 
 
 def agent_state_size(lab: InProcessLab) -> int:
@@ -285,5 +283,6 @@ def test_soak_six_hours() -> None:
 
 @pytest.mark.slow
 def test_soak_one_week() -> None:
-    """One simulated week (about 8 minutes on a loaded 2-core machine)."""
+    """One simulated week (13 minutes measured on a loaded 2-core machine;
+    seed 11: 17 migrations, 333 fault episodes, agent state flat)."""
     _verdict(seed=11, days=7.0)
