@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from pvesim.faults import KINDS
+from tests.campaign.endpoints import ENDPOINTS
 from tests.campaign.process_campaign import outputs, secret_of, start_lab, verdict
-from tests.campaign.test_fault_matrix import ENDPOINTS
 from tests.integration.lab import ProcessLab, wait_for
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]

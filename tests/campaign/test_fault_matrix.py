@@ -20,7 +20,6 @@ Checked per case:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ import yaml
 
 from pve_balancer.config import Config
 from simlab.inprocess import make_lab
+from tests.campaign.endpoints import ENDPOINTS, Endpoint
 from tests.campaign.inprocess_campaign import Journal, Witness
 from tests.scenarios import scenario_path
 
@@ -36,29 +36,6 @@ AFTER = 150.0
 WARMUP = 60.0  # the scenario's hotspot comes 120 s in: a minute into the agent's run
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    method: str
-    path: str  # a glob as `pvesim.faults.Fault.path`
-    field: str  # what `missing_fields` drops
-    fact: bool  # a fact the policy needs fresh (fail closed when unreadable)
-
-
-ENDPOINTS = [
-    Endpoint("resources", "GET", "/cluster/resources", "maxmem", True),
-    Endpoint("tasks", "GET", "/cluster/tasks", "endtime", True),
-    Endpoint("rules", "GET", "/cluster/ha/rules", "resources", True),
-    Endpoint("options", "GET", "/cluster/options", "crs", True),
-    Endpoint("backup", "GET", "/cluster/backup", "schedule", True),
-    Endpoint("manager-status", "GET", "/cluster/ha/status/manager_status", "manager_status",
-             True),
-    Endpoint("node-rrd", "GET", "/nodes/*/rrddata", "cpu", False),
-    Endpoint("preconditions", "GET", "/nodes/*/qemu/*/migrate", "local_disks", False),
-    Endpoint("version", "GET", "/version", "release", False),
-    Endpoint("migrate", "POST", "/nodes/*/qemu/*/migrate", "data", False),
-    Endpoint("task-status", "GET", "/nodes/*/tasks/*/status", "status", False),
-]
 KINDS = ["latency", "timeout", "connection_reset", "http_error", "malformed_json",
          "truncated_json", "missing_fields"]
 FAILED_START = {"timeout", "connection_reset", "http_error"}

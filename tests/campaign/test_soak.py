@@ -41,8 +41,8 @@ from pve_balancer.config import Config
 from pvesim.faults import KINDS
 from pvesim.protocol import SimError
 from simlab.inprocess import InProcessLab, simulator
+from tests.campaign.endpoints import ENDPOINTS
 from tests.campaign.inprocess_campaign import FlakyLock, Journal, Witness
-from tests.campaign.test_fault_matrix import ENDPOINTS
 from tests.scenarios import scenario_path
 
 DAY = 86400.0
