@@ -18,6 +18,7 @@ they do not depend on how the agents' clocks compare with it.
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,6 @@ def kill_at(lab: ProcessLab, leader: Agent, step: Step, limit: float = 90.0) -> 
     else:
         wait_for(f"{leader.node} to reach {step.name}", lambda: fired(lab, fault_id), limit,
                  step=0.05)
-    import signal
-
     leader.signal(signal.SIGKILL)
     leader.wait(10)
     return lab.sim_now()

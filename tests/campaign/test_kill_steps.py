@@ -34,7 +34,6 @@ from tests.integration.lab import Agent, ProcessLab, wait_for
 
 pytestmark = pytest.mark.fuse
 
-VERBOSE: list[str] = []
 OBSERVE = 30.0
 """Simulated seconds watched after the last migration ended: a second POST
 for the same cause comes within a few cycles of the end (issue 10's trace:
@@ -52,7 +51,7 @@ def labs() -> Iterator[list[ProcessLab]]:
 
 
 def _standbys(lab: ProcessLab, leader: Agent) -> list[Agent]:
-    others = [lab.start_agent(n, extra=VERBOSE) for n in lab.nodes if n != leader.node]
+    others = [lab.start_agent(n) for n in lab.nodes if n != leader.node]
     for agent in others:
         wait_for(f"{agent.node} to stand by",
                  lambda a=agent: any("standby" in x.text for x in a.snapshot()), 30)
@@ -62,12 +61,12 @@ def _standbys(lab: ProcessLab, leader: Agent) -> list[Agent]:
 def _run(labs: list[ProcessLab], tmp_path: Path, step: str, takeover: str) -> None:
     lab = start_lab(tmp_path)
     labs.append(lab)
-    leader = lab.start_agent("pve1", extra=VERBOSE)
+    leader = lab.start_agent("pve1")
     lab.wait_leader(30)
     survivors = _standbys(lab, leader) if takeover == "standby" else []
     kill_at(lab, leader, STEPS[step])
     if takeover == "restart":
-        survivors = [lab.start_agent("pve1", extra=VERBOSE)]
+        survivors = [lab.start_agent("pve1")]
     new = lab.wait_leader(60, among=survivors)
     wait_for("a migration to end",
              lambda: any(m["end"] is not None for m in lab.migrations()), 120)
