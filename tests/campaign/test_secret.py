@@ -84,9 +84,10 @@ def test_a_forced_traceback_is_logged_once_and_carries_no_secret() -> None:
     assert len(journal.warnings()) <= 2, text
 
 
-def test_every_fault_at_once_leaves_no_secret_in_the_journal() -> None:
+def test_every_fault_at_once_leaves_no_secret_in_the_journal(tmp_path: Path) -> None:
     sim = simulator(scenario_path("lab-three-agents"), seed=4, warmup=60)
-    lab = InProcessLab.attach(sim, Config(seed=1, interval=5), faults_seed=4)
+    lab = InProcessLab.attach(sim, Config(seed=1, interval=5), faults_seed=4,
+                              status_dir=tmp_path)
     assert lab.faults is not None
     from pvesim.faults import KINDS
 
@@ -99,7 +100,11 @@ def test_every_fault_at_once_leaves_no_secret_in_the_journal() -> None:
     with journal.capture():
         lab.run(1800)
     assert journal.warnings(), "the faults were never noticed"
-    assert sim.tokens[AGENT_TOKEN] not in journal.text()
+    status = (tmp_path / "pve-balancer" / "status.json").read_text()
+    assert lab.node in status
+    secret = sim.tokens[AGENT_TOKEN]
+    assert secret not in journal.text()
+    assert secret not in status
 
 
 # ------------------------------------------------------------ real processes
