@@ -171,27 +171,32 @@ class ServedSimulator:
         return url.removeprefix("https://")
 
 
+Command = list[str]
+"""A peer's command line; `{config}` is replaced by its configuration file's
+path. Without one, ProxLB from the bench virtualenv under libfaketime."""
+
+
 def invoke(served: ServedSimulator, setting: Setting, *, end: float,
-           timeout: float = 1800.0) -> Invocation:
-    """Run ProxLB once against `served`, advancing the clock in 5 s steps
-    while a migration is in flight (never beyond `end`)."""
+           timeout: float = 1800.0, command: Command | None = None) -> Invocation:
+    """Run ProxLB (or `command`) once against `served`, advancing the clock
+    in 5 s steps while a migration is in flight (never beyond `end`)."""
     sim = served.sim
     cfg = served.dir / f"{setting.name}.yaml"
     cfg.write_text(yaml.safe_dump(setting.config(served.api_host, sim.tokens[PROXLB_TOKEN])))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update({
-        "REQUESTS_CA_BUNDLE": str(served.pki.ca_cert_path),
-        "LD_PRELOAD": str(faketime_lib()),
-        "FAKETIME": f"+0 x{SPEEDUP}",
-        "FAKETIME_DONT_RESET": "1",
-    })
+    env["REQUESTS_CA_BUNDLE"] = str(served.pki.ca_cert_path)
+    if command is None:
+        argv = [str(proxlb_python()), "-m", "proxlb", "-c", str(cfg)]
+        env.update({"LD_PRELOAD": str(faketime_lib()), "FAKETIME": f"+0 x{SPEEDUP}",
+                    "FAKETIME_DONT_RESET": "1"})
+    else:
+        argv = [a.replace("{config}", str(cfg)) for a in command]
     log_start = len(sim.request_log)
     out_path = served.dir / f"{setting.name}.out"
     t0, w0 = sim.now, time.perf_counter()
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
-            [str(proxlb_python()), "-m", "proxlb", "-c", str(cfg)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             cwd=served.dir)
         try:
             while proc.poll() is None:
@@ -224,7 +229,8 @@ def invoke(served: ServedSimulator, setting: Setting, *, end: float,
 
 
 def run_schedule(sim: Simulator, setting: Setting, *, duration: float,
-                 progress: Callable[[str], None] | None = None) -> list[Invocation]:
+                 progress: Callable[[str], None] | None = None,
+                 command: Command | None = None) -> list[Invocation]:
     """`duration` simulated seconds from now with ProxLB on its schedule: a
     run at once, then one `interval` after each run ends, as its daemon
     loop would, in the baseline's 5 s steps."""
@@ -232,7 +238,7 @@ def run_schedule(sim: Simulator, setting: Setting, *, duration: float,
     runs: list[Invocation] = []
     with ServedSimulator(sim) as served:
         while sim.now < end - 1e-6:
-            inv = invoke(served, setting, end=end)
+            inv = invoke(served, setting, end=end, command=command)
             runs.append(inv)
             if progress is not None:
                 progress(f"  {setting.name}: run {len(runs)} at "
