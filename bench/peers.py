@@ -6,7 +6,10 @@ Balancers compared, per scenario:
 - pve-balancer at its defaults (bench/harness.py's agent run);
 - ProxLB 2.3.0, unmodified, as a separate process against the simulator's
   HTTPS API (bench/proxlb_run.py): at its defaults (memory method, every
-  12 h), with the cpu method, and every hour.
+  12 h), with the cpu method, and every hour;
+- on the scenario where every guest is HA-managed, PVE's own CRS
+  `ha-auto-rebalance` (the simulator's model of it; pve-balancer and ProxLB
+  run there with it off).
 
     .venv/bin/python bench/peers.py [--hours 24] [--seed 0] [--scenario NAME ...]
         [--balancer NAME ...] [--json-name peers.json]
@@ -50,16 +53,36 @@ from bench.quality import (  # noqa: E402
     migration_figures,
 )
 from pvesim.cluster import Simulator  # noqa: E402
+from pvesim.scenario import Scenario  # noqa: E402
 from simlab.inprocess import WARMUP, scenario_of  # noqa: E402
 
-BALANCERS = ("none", "pve-balancer", *SETTINGS)
+BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", *SETTINGS)
 LABELS = {
     "none": "no balancer",
     "pve-balancer": "pve-balancer (defaults)",
+    "pve-auto-rebalance": "PVE ha-auto-rebalance (pvesim's model)",
     "proxlb-memory-12h": "ProxLB memory, 12 h (defaults)",
     "proxlb-cpu-12h": "ProxLB cpu, 12 h",
     "proxlb-memory-1h": "ProxLB memory, 1 h",
 }
+
+
+ALL_HA = {"bitbrains-imbalanced-ha": REPO / "bench" / "scenarios" / "bitbrains-imbalanced-ha.yaml"}
+"""Scenarios where every guest is HA-managed: PVE's own CRS auto-rebalance
+can act there, so it is compared too (and only there)."""
+PEER_SCENARIOS = {**SCENARIOS, **ALL_HA}
+DEFAULT_BALANCERS = ("none", "pve-balancer", *SETTINGS)
+ALL_HA_BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", "proxlb-memory-12h")
+
+
+def with_auto_rebalance(path: Path) -> Scenario:
+    """The scenario with PVE's CRS auto-rebalance of HA guests on, at PVE's
+    defaults (threshold, hold duration and margin left unset)."""
+    scenario = scenario_of(path)
+    crs = dict(scenario.options.get("crs") or {})
+    crs["ha-auto-rebalance"] = 1
+    scenario.options = {**scenario.options, "crs": crs}
+    return scenario
 
 
 def figures(sim: Simulator, *, token: str | None, wall_seconds: float) -> dict[str, Any]:
@@ -110,13 +133,17 @@ def run_proxlb(path: Path, name: str, *, seed: int, duration: float) -> dict[str
 
 def run_scenario(name: str, *, seed: int, hours: float,
                  balancers: Sequence[str]) -> dict[str, Any]:
-    path = SCENARIOS[name]
+    path = PEER_SCENARIOS[name]
     duration = hours * 3600
     results: dict[str, Any] = {}
     for b in balancers:
         print(f"{name}: {b} ...", flush=True)
         if b == "none":
             r = harness.run(path, seed=seed, duration=duration, with_agent=False)
+            results[b] = figures(r.sim, token=None, wall_seconds=r.wall_seconds)
+        elif b == "pve-auto-rebalance":
+            r = harness.run(with_auto_rebalance(path), seed=seed, duration=duration,
+                            with_agent=False)
             results[b] = figures(r.sim, token=None, wall_seconds=r.wall_seconds)
         elif b == "pve-balancer":
             r = harness.run(path, seed=seed, duration=duration, with_agent=True,
@@ -171,18 +198,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    ap.add_argument("--scenario", action="append", choices=sorted(PEER_SCENARIOS))
     ap.add_argument("--balancer", action="append", choices=BALANCERS)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--json-name", default="peers.json")
     args = ap.parse_args(argv)
-    names = args.scenario or list(SCENARIOS)
-    balancers = args.balancer or list(BALANCERS)
+    names = args.scenario or list(PEER_SCENARIOS)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     code = code_state()
-    results = [run_scenario(n, seed=args.seed, hours=args.hours, balancers=balancers)
-               for n in names]
+    results = [run_scenario(n, seed=args.seed, hours=args.hours, balancers=args.balancer or (
+        ALL_HA_BALANCERS if n in ALL_HA else DEFAULT_BALANCERS)) for n in names]
     doc = {
         "benchmark": "peers",
         "command": "python bench/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
