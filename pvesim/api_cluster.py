@@ -169,17 +169,34 @@ def pools(ctx: Ctx) -> Any:
             continue
         entry: dict[str, Any] = {"poolid": pid}
         if ctx.params.get("poolid"):
-            mem = []
-            for vmid in members:
-                g = sim.guests.get(vmid)
-                if g is None:
-                    continue
-                if ctx.params.get("type") and ctx.params["type"] != g.type:
-                    continue
-                mem.append(guest_resource(ctx, g))
-            entry["members"] = mem
+            entry["members"] = _pool_members(ctx, members)
         out.append(entry)
     return out
+
+
+def _pool_members(ctx: Ctx, members: list[int]) -> list[dict[str, Any]]:
+    """A pool's guests as `/cluster/resources` lists them (PVE builds the
+    member list from the same resource entries), filtered by `type`."""
+    out = []
+    for vmid in members:
+        g = ctx.sim.guests.get(vmid)
+        if g is None:
+            continue
+        if ctx.params.get("type") and ctx.params["type"] != g.type:
+            continue
+        out.append(guest_resource(ctx, g))
+    return out
+
+
+def pool(ctx: Ctx) -> Any:
+    """The deprecated single-pool read, which clients still use (ProxLB's
+    pool affinity does): unknown pool is a 500 as in PVE."""
+    pid = ctx.params["poolid"]
+    ctx.need(f"/pool/{pid}", "Pool.Audit")
+    members = ctx.sim.pools.get(pid)
+    if members is None:
+        raise ApiError(500, f"pool '{pid}' does not exist")
+    return {"members": _pool_members(ctx, members)}
 
 
 def register(router: Router) -> None:
@@ -197,3 +214,4 @@ def register(router: Router) -> None:
     router.add("GET", "/cluster/backup", cluster_backup)
     router.add("GET", "/access/permissions", access_permissions, {"path": P(), "userid": P()})
     router.add("GET", "/pools", pools, {"poolid": P(), "type": P(enum=("qemu", "lxc", "storage"))})
+    router.add("GET", "/pools/{poolid}", pool, {"type": P(enum=("qemu", "lxc", "storage"))})

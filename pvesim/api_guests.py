@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvesim.api_render import digest, guest_or_500, io_counters, rrd_rows, uptime
+from pvesim.api_render import (
+    digest,
+    guest_or_500,
+    guest_pressure,
+    io_counters,
+    rrd_rows,
+    uptime,
+)
+from pvesim.physics import GUEST_PSI
 from pvesim.routing import Ctx, P, Router
 from pvesim.state import GIB, Guest
 
@@ -24,6 +32,7 @@ def _guest_status(ctx: Ctx, g: Guest, full: bool = True) -> dict[str, Any]:
         "disk": 0,
         "uptime": uptime(ctx, g),
         **io_counters(g),
+        **guest_pressure(g, g.type),
     }
     if g.type == "qemu":
         d["memhost"] = g.pub_memhost if running else 0
@@ -170,6 +179,9 @@ def _guest_rrd(ctx: Ctx, kind: str) -> Any:
         }
         if kind == "qemu":
             d["memhost"] = v[2]
+        if len(v) > 3:
+            d.update(zip(GUEST_PSI, v[3:], strict=True))
+            d["pressureiosome"] = d["pressureiofull"] = 0.0
         return d
 
     return rrd_rows(

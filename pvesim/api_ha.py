@@ -124,6 +124,17 @@ def ha_status_current(ctx: Ctx) -> Any:
             "status": f"{sim.ha_master} (active, {_ctime(now)})",
             "timestamp": now,
         },
+        # PVE 9.1's fencing entry (HA can be disarmed cluster-wide); the
+        # simulator never disarms, so it is armed, with PVE's default mode
+        # for resources while disarmed
+        {
+            "id": "fencing",
+            "type": "fencing",
+            "node": sim.ha_master,
+            "status": "armed",
+            "armed-state": "armed",
+            "resource_mode": "freeze",
+        },
     ]
     for n in sim.nodes.values():
         status = sim.node_ha_status(n.name)

@@ -15,6 +15,7 @@ from pvesim.api_render import (
     rrd_rows,
     task_entry,
 )
+from pvesim.physics import NODE_PSI
 from pvesim.routing import ApiError, Ctx, P, Router
 from pvesim.state import GIB
 
@@ -27,8 +28,8 @@ def nodes(ctx: Ctx) -> Any:
         if not ctx.can(f"/nodes/{n.name}", "Sys.Audit"):
             continue
         d = node_resource(ctx, n)
-        d.pop("disk", None)
-        d.pop("maxdisk", None)
+        # `disk`/`maxdisk` stay: PVE's node list adds them (extract_node_stats)
+        # although its schema does not list them, and clients read them
         d.pop("cgroup-mode", None)
         if d["status"] == "online":
             d["ssl_fingerprint"] = ":".join(
@@ -105,6 +106,9 @@ def node_rrddata(ctx: Ctx) -> Any:
             "rootused": 12 * GIB,
             "netin": v[0] * 5e7,
             "netout": v[0] * 4e7,
+            "pressureiosome": 0.0,
+            "pressureiofull": 0.0,
+            **dict(zip(NODE_PSI, v[3:], strict=True)),
         }
 
     return rrd_rows(

@@ -66,6 +66,23 @@ def io_counters(g: Guest) -> dict[str, int]:
     }
 
 
+def guest_pressure(g: Guest, kind: str) -> dict[str, float]:
+    """A guest's PSI as its status and list show it (percent, last round).
+    PVE 9 lists no `pressurecpufull` for containers, so LXC gets none."""
+    s = g.pub_stall
+    d = {
+        "pressurecpusome": round(s.cpu_some, 2),
+        "pressurecpufull": round(s.cpu_full, 2),
+        "pressureiosome": 0.0,
+        "pressureiofull": 0.0,
+        "pressurememorysome": round(s.mem_some, 2),
+        "pressurememoryfull": round(s.mem_full, 2),
+    }
+    if kind == "lxc":
+        del d["pressurecpufull"]
+    return d
+
+
 def uptime(ctx: Ctx, g: Guest) -> int:
     return int(ctx.sim.now - g.start_time) if g.running else 0
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pvesim.migrations import Migrations
 from pvesim.protocol import SimError
-from pvesim.state import Guest, HaRule, Node, PendingHaMigration
+from pvesim.state import Guest, HaRule, Node, PendingHaMigration, Stall
 from pvesim.tasks import ROOT, Tasks
 from pvesim.world import World
 
@@ -382,6 +382,7 @@ class HaManager:
         g.start_time = self.w.now
         g.pid = self.w.new_pid()
         g.acc_cpu = g.acc_time = 0.0
+        g.acc_stall = Stall()
         self.tasks.end(task, "OK")
 
     # ------------------------------------------------------------------ CRS

@@ -7,12 +7,30 @@ is what the running guests touched plus their process overhead plus the
 copies of incoming migrations. The live values feed the metrics; a
 pvestatd round per node (`stat_interval`, phase-shifted per node) publishes
 the averages since the last round, and only published values reach the API.
+
+Pressure stall information follows from the same step: a guest's CPU stall
+share is the part of its demand the fair share did not deliver, a node's the
+part of all demand it did not deliver; memory stall is the share of touched
+memory beyond the node's RAM (overcommit), felt by every task on the node.
 """
 
 from __future__ import annotations
 
-from pvesim.state import MIB, Guest, Node
+from pvesim.state import MIB, Guest, Node, Stall
 from pvesim.world import World
+
+# RRD columns after the usage figures, in this order (pvesim.api_nodes and
+# pvesim.api_guests read them by position)
+NODE_PSI = ("pressurecpusome", "pressurememorysome", "pressurememoryfull")
+GUEST_PSI = ("pressurecpusome", "pressurecpufull", "pressurememorysome", "pressurememoryfull")
+
+
+def _node_psi(s: Stall) -> list[float]:
+    return [s.cpu_some, s.mem_some, s.mem_full]
+
+
+def _guest_psi(s: Stall) -> list[float]:
+    return [s.cpu_some, s.cpu_full, s.mem_some, s.mem_full]
 
 
 def memhost(g: Guest) -> int:
@@ -68,16 +86,21 @@ class Physics:
                     remaining -= got
                     left -= 1
                 delivered = cap
-            for g in guests:
+            over = max(0, mem - node.memory)
+            # memory overcommit: the share of touched memory that does not
+            # fit stalls every task on the node alike (reclaim, swap-in)
+            mem_stall = over / mem if mem > 0 else 0.0
+            for g, c in zip(guests, demands, strict=True):
                 g.acc_cpu += g.live_cpu * dt
                 g.acc_time += dt
+                g.acc_stall.add(dt, (c - g.live_cpu) / c if c > 0 else 0.0, mem_stall)
+            node.acc_stall.add(dt, (total - delivered) / total if total > 0 else 0.0, mem_stall)
             node.live_demand = total
             node.live_cpu = delivered
             node.live_mem = mem
             node.acc_cpu += delivered * dt
             node.acc_time += dt
             starved = (total - delivered) * dt
-            over = max(0, mem - node.memory)
             cpu_frac = delivered / cap
             mem_frac = mem / node.memory
             w.metrics.record_node(
@@ -103,12 +126,24 @@ class Physics:
                 total = sum(dem)
                 scale = 1.0 if total <= node.cores else node.cores / total
                 mem = float(node.base_mem)
+                rows = []
                 for g, c in zip(gs, dem, strict=True):
                     gmem = min(g.demand.at(t)[1], float(g.maxmem))
                     host = gmem + (0 if g.type == "lxc" else 24 * MIB + g.maxmem // 128)
                     mem += host
-                    g.rrd.add(t, [c * scale / g.vcpus, gmem, host])
-                node.rrd.add(t, [min(total, node.cores) / node.cores, mem, total])
+                    rows.append((g, c, gmem, host))
+                mem_stall = max(0.0, mem - node.memory) / mem if mem > 0 else 0.0
+                # proportional scaling, not water filling: every guest waits alike
+                cpu_stall = 1.0 - scale
+                for g, c, gmem, host in rows:
+                    psi = Stall()
+                    psi.add(1.0, cpu_stall if c > 0 else 0.0, mem_stall)
+                    g.rrd.add(t, [c * scale / g.vcpus, gmem, host,
+                                  *_guest_psi(psi.percent_over(1.0))])
+                psi = Stall()
+                psi.add(1.0, cpu_stall if total > 0 else 0.0, mem_stall)
+                node.rrd.add(t, [min(total, node.cores) / node.cores, mem, total,
+                                 *_node_psi(psi.percent_over(1.0))])
 
     def publish(self, node: Node, t: float) -> None:
         """A pvestatd round on `node`: what the API will show until the next."""
@@ -125,19 +160,26 @@ class Physics:
         # loadavg ≈ runnable threads: delivered plus waiting demand
         node.pub_loadavg = node.pub_loadavg * 0.85 + node.live_demand * 0.15
         node.pub_time = t
+        node.pub_stall = node.acc_stall.percent_over(node.acc_time)
+        node.acc_stall = Stall()
         node.acc_cpu = node.acc_time = 0.0
-        node.rrd.add(t, [node.pub_cpu, float(node.pub_mem), node.pub_loadavg])
+        node.rrd.add(t, [node.pub_cpu, float(node.pub_mem), node.pub_loadavg,
+                         *_node_psi(node.pub_stall)])
         for g in w.guests_on(node.name):
             if g.running:
                 g.pub_cpu = (g.acc_cpu / g.acc_time / g.vcpus) if g.acc_time > 0 else 0.0
                 g.pub_mem = g.live_mem
                 g.pub_memhost = memhost(g)
+                g.pub_stall = g.acc_stall.percent_over(g.acc_time)
             else:
                 g.pub_cpu = 0.0
                 g.pub_mem = g.pub_memhost = 0
+                g.pub_stall = Stall()
             g.acc_cpu = g.acc_time = 0.0
+            g.acc_stall = Stall()
             g.pub_time = t
-            g.rrd.add(t, [g.pub_cpu, float(g.pub_mem), float(g.pub_memhost)])
+            g.rrd.add(t, [g.pub_cpu, float(g.pub_mem), float(g.pub_memhost),
+                          *_guest_psi(g.pub_stall)])
         if int(t) % 3600 < w.params.stat_interval:
             keep = t - w.params.rrd_keep
             node.rrd.prune(keep)

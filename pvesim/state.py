@@ -47,6 +47,37 @@ class Rrd:
 
 
 @dataclass
+class Stall:
+    """Pressure stall information (PSI) the way the kernel reports it: the
+    share of time some (or all) of an entity's tasks waited for CPU or
+    memory. While accumulating, each field holds share x seconds; once
+    published, the percentage over the last pvestatd round (PVE's
+    `pressure*` fields are the kernel's avg10 percentages).
+
+    The physics has no I/O model, so I/O pressure stays zero."""
+
+    cpu_some: float = 0.0
+    cpu_full: float = 0.0
+    mem_some: float = 0.0
+    mem_full: float = 0.0
+
+    def add(self, dt: float, cpu: float, mem: float) -> None:
+        """Integrate `dt` seconds at shares `cpu` and `mem` (0..1) of
+        "some" stall; "full" (every task stalled at once) is taken as the
+        product of independent waits, share squared."""
+        self.cpu_some += cpu * dt
+        self.cpu_full += cpu * cpu * dt
+        self.mem_some += mem * dt
+        self.mem_full += mem * mem * dt
+
+    def percent_over(self, seconds: float) -> Stall:
+        if seconds <= 0:
+            return Stall()
+        k = 100.0 / seconds
+        return Stall(self.cpu_some * k, self.cpu_full * k, self.mem_some * k, self.mem_full * k)
+
+
+@dataclass
 class Node:
     name: str
     nodeid: int
@@ -68,11 +99,13 @@ class Node:
     # accumulation since the last publish
     acc_cpu: float = 0.0  # core-seconds delivered
     acc_time: float = 0.0
+    acc_stall: Stall = field(default_factory=Stall)  # PSI, integrated
     # published by pvestatd
     pub_cpu: float = 0.0
     pub_mem: int = 0
     pub_time: float = 0.0
     pub_loadavg: float = 0.0
+    pub_stall: Stall = field(default_factory=Stall)  # PSI, percent
     next_publish: float = 0.0
     rrd: Rrd = field(default_factory=Rrd)
 
@@ -108,11 +141,13 @@ class Guest:
     live_mem: int = 0
     acc_cpu: float = 0.0
     acc_time: float = 0.0
+    acc_stall: Stall = field(default_factory=Stall)
     # published
     pub_cpu: float = 0.0
     pub_mem: int = 0
     pub_memhost: int = 0
     pub_time: float = 0.0
+    pub_stall: Stall = field(default_factory=Stall)
     rrd: Rrd = field(default_factory=Rrd)
     # bookkeeping for HA recovery / ping-pong
     fenced_since: float | None = None

@@ -279,3 +279,47 @@ def check_response(
     endpoint: Endpoint, data: Any, allowed_extra: Allowed | None = None
 ) -> list[str]:
     return check_value(data, endpoint.returns, "data", allowed_extra)
+
+
+def declared_properties(schema: dict[str, Any], where: str = "data") -> set[tuple[str, str]]:
+    """Every (location, property) a return schema lists, locations written
+    generically (`data[]`, `data.cpuinfo`); `net[n]` families are left out
+    (a guest has as many as it has)."""
+    out: set[tuple[str, str]] = set()
+    kind = _type_of(schema)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        out |= declared_properties(schema["items"], f"{where}[]")
+    elif kind == "object":
+        for name, sub in dict(schema.get("properties") or {}).items():
+            if name.endswith("[n]") or not isinstance(sub, dict):
+                continue
+            out.add((where, name))
+            out |= declared_properties(sub, f"{where}.{name}")
+    return out
+
+
+def present_properties(value: Any, where: str = "data") -> set[tuple[str, str]]:
+    """Every (location, property) an answer carries, with the locations
+    written as `declared_properties` writes them."""
+    out: set[tuple[str, str]] = set()
+    if isinstance(value, list):
+        for item in value:
+            out |= present_properties(item, f"{where}[]")
+    elif isinstance(value, dict):
+        for name, sub in value.items():
+            out.add((where, name))
+            out |= present_properties(sub, f"{where}.{name}")
+    return out
+
+
+def missing_properties(endpoint: Endpoint, answers: list[Any]) -> list[tuple[str, str]]:
+    """Properties the schema lists that none of `answers` returned, where
+    their parent object was returned at least once (a nested schema under
+    an absent optional property says nothing about what was served)."""
+    seen: set[tuple[str, str]] = set()
+    for data in answers:
+        seen |= present_properties(data)
+    parents = {"data"} | {f"{loc}.{name}" for loc, name in seen}
+    parents |= {p + "[]" for p in parents}
+    return sorted((loc, name) for loc, name in declared_properties(endpoint.returns)
+                  if (loc, name) not in seen and loc in parents)

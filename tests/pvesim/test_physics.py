@@ -334,3 +334,41 @@ def test_scenario_events_fire_on_time() -> None:
     sim.advance(130)
     assert sim.guests[103].node == "pve2"
     assert [m.user for m in sim.metrics.migrations] == ["root@pam"]
+
+
+def test_pressure_stall_follows_starvation_and_overcommit() -> None:
+    """PSI as PVE 9 publishes it: CPU pressure where the fair share leaves
+    demand undelivered, memory pressure where touched memory exceeds RAM,
+    none on a node with room; the same figures in status, lists and RRD."""
+    d = {**TWO_NODES, "guests": [*TWO_NODES["guests"], {
+        "vmid": 104, "node": "pve2", "cores": 2, "memory": "40GiB",
+        "demand": {"cpu": 1, "mem": "36GiB"}}]}
+    sim = from_dict(d)
+    sim.advance(300)
+    qemu = {x["vmid"]: x for x in data(sim, "GET", "/nodes/pve1/qemu")}
+    # 101 wants 8, gets 3.5: 56 % of its demand waits; 103 is served fully
+    assert qemu[101]["pressurecpusome"] == pytest.approx(100 * 4.5 / 8, abs=0.1)
+    assert qemu[101]["pressurecpufull"] == pytest.approx(100 * (4.5 / 8) ** 2, abs=0.1)
+    assert qemu[103]["pressurecpusome"] == 0
+    assert qemu[101]["pressurememorysome"] == 0
+    # pve2: 2 GiB base + 36 GiB touched + QEMU overhead on 32 GiB of RAM
+    over = data(sim, "GET", "/nodes/pve2/qemu/104/status/current")
+    assert over["pressurememorysome"] > 15
+    assert over["pressurecpusome"] == 0
+    rows = data(sim, "GET", "/nodes/pve1/rrddata", params={"timeframe": "hour"})
+    last = [r for r in rows if "cpu" in r][-1]
+    assert last["pressurecpusome"] == pytest.approx(100 * 5 / 13, abs=0.5)
+    assert last["pressurememorysome"] == 0
+    rows2 = data(sim, "GET", "/nodes/pve2/rrddata", params={"timeframe": "hour"})
+    assert [r for r in rows2 if "cpu" in r][-1]["pressurememorysome"] > 15
+    grrd = data(sim, "GET", "/nodes/pve1/qemu/101/rrddata", params={"timeframe": "hour"})
+    assert [r for r in grrd if "cpu" in r][-1]["pressurecpusome"] == pytest.approx(
+        100 * 4.5 / 8, abs=0.5)
+
+
+def test_no_pressure_with_room() -> None:
+    sim = named("balanced-3node")
+    sim.advance(300)
+    for node in sim.nodes:
+        for g in data(sim, "GET", f"/nodes/{node}/qemu"):
+            assert g["pressurecpusome"] == 0 and g["pressurememorysome"] == 0

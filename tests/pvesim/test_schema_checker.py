@@ -94,3 +94,19 @@ def test_property_families_explicit_extras_and_closed_objects(schema: ApiSchema)
         "data: property 'b' is not allowed (additionalProperties 0)"]
     open_ = {"type": "object", "additionalProperties": 1, "properties": {"a": {"type": "integer"}}}
     assert check_value({"a": 1, "b": 2}, open_) == []
+
+
+def test_properties_the_schema_lists_but_no_answer_carries(schema: ApiSchema) -> None:
+    from tests.pvesim.schema_check import missing_properties
+
+    pools = schema.get("GET", "/pools")
+    assert pools is not None
+    # members is listed but absent: reported; its own properties are not,
+    # since no member object was returned at all
+    assert missing_properties(pools, [[{"poolid": "a"}]]) == [
+        ("data[]", "comment"), ("data[]", "members")]
+    one = {"poolid": "a", "comment": "x", "members": [{"id": "qemu/100", "node": "pve1",
+                                                       "type": "qemu"}]}
+    # seen across answers: one answer has the comment, another the members
+    assert missing_properties(pools, [[{"poolid": "a", "comment": "x"}], [one]]) == [
+        ("data[].members[]", "storage"), ("data[].members[]", "vmid")]
