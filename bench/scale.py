@@ -264,9 +264,14 @@ def decision_floor(agent: Any, body: bytes, config: Any, now: float,
             "ratio_to_json_loads": round(total_ms / floor_ms, 2), "repetitions": repetitions}
 
 
-def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50) -> dict[str, Any]:
+def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50,
+                    attribute: bool = False) -> dict[str, Any]:
     """Full agent cycles (with the simulator advancing between them) and
-    the process's RSS every `every` cycles."""
+    the process's RSS every `every` cycles. The process holds the simulator
+    too, so with `attribute` the Python allocations that grew between
+    cycle 100 and the last are summed by the package that made them
+    (tracemalloc, which slows the run: the RSS figures are then not
+    comparable with a run without it)."""
     from bench import harness
     from pve_balancer.config import Config
     from simlab.inprocess import InProcessLab, simulator
@@ -276,17 +281,31 @@ def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50) -> di
         config = Config(dry_run=True, seed=1)
         agent = InProcessLab.attach(sim, config).agent
         points: list[tuple[int, float]] = []
+        growth: dict[str, float] = {}
+        first: Any = None
         t0 = time.perf_counter()
         for i in range(1, cycles + 1):
             agent.run_cycle()
             sim.advance(config.interval)
-            if i % every == 0 or i == 1:
+            if i % every == 0 or i in (1, cycles):
                 points.append((i, round(_rss_bytes() / 2**20, 1)))
+            if attribute and i == 100:
+                tracemalloc.start()
+                first = tracemalloc.take_snapshot()
+        if first is not None:
+            for stat in tracemalloc.take_snapshot().compare_to(first, "filename"):
+                name = str(stat.traceback[0].filename)
+                pkg = next((p for p in ("pve_balancer", "pvesim", "proxmoxer", "requests")
+                            if f"/{p}/" in name), "other")
+                growth[pkg] = growth.get(pkg, 0.0) + stat.size_diff / 1024
+            tracemalloc.stop()
         wall = time.perf_counter() - t0
     after_warmup = [mib for i, mib in points if i >= 100] or [points[-1][1]]
     return {"nodes": nodes, "guests": guests, "cycles": cycles,
             "rss_mib_every": every, "rss_mib": points,
             "growth_mib_after_100_cycles": round(after_warmup[-1] - after_warmup[0], 1),
+            **({"allocation_growth_kib_by_package_after_100_cycles":
+                {k: round(v, 1) for k, v in sorted(growth.items())}} if attribute else {}),
             "wall_seconds": round(wall, 1)}
 
 
@@ -388,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the same at 10,000 guests, where the simulator's own physics "
                     "takes about 1 s per cycle (0: skip)")
     ap.add_argument("--no-large", action="store_true", help="skip the 64-node sizes")
+    ap.add_argument("--attribute", action="store_true",
+                    help="with --rss: which package's allocations grew (tracemalloc)")
     args = ap.parse_args(argv)
     if args.cycles < 5:
         ap.error("--cycles must be at least 5")
@@ -395,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(measure_one(args.one[0], args.one[1], args.cycles)))
         return 0
     if args.rss:
-        print(json.dumps(rss_over_cycles(args.rss[0], args.rss[1], args.rss_cycles)))
+        print(json.dumps(rss_over_cycles(args.rss[0], args.rss[1], args.rss_cycles,
+                                         attribute=args.attribute)))
         return 0
     t0 = time.perf_counter()
     rows = []
