@@ -19,6 +19,16 @@ decision walks the expensive path (CPU mode: every candidate on the source
 against every target). The agent runs with `dry_run` so that it decides in
 every measured cycle instead of pausing for a migration.
 
+At 64 nodes, with 1,000 and 10,000 guests, two more figures:
+
+- the decision's floor: the agent's own work on one `/cluster/resources`
+  answer (the same body the simulator just served: JSON decoding, the
+  parse into the model, the EMA update, `policy.decide()`), each part
+  timed, next to a bare `json.loads` of that body, which any client must
+  pay; the target is the whole within 2x of it;
+- API bytes per cycle (response bodies) and per day, and the process's
+  RSS every 50 cycles over `--rss-cycles` full cycles (flat or growing?).
+
 Figures are reported absolute and as ratios to the smallest cluster
 (3 nodes, 10 guests). Timings are medians of many repetitions on a shared
 machine; compare ratios, not absolute milliseconds, across machines.
@@ -48,6 +58,9 @@ if str(REPO) not in sys.path:
 
 NODE_COUNTS = (3, 10, 30)
 GUEST_COUNTS = (10, 100, 1000)
+LARGE = ((64, 1000), (64, 10000))
+"""The sizes that also get the floor, bytes and RSS figures."""
+DAY = 86400.0
 GIB = 1 << 30
 HOT = 0.9
 WARM = 0.4
@@ -111,14 +124,20 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     agent = InProcessLab.attach(sim, config).agent
 
     handler_seconds = [0.0]
+    body_bytes = [0]
+    resources_body = [b""]
     real_handle = sim.handle
 
     def timed_handle(req: Any) -> Any:
         t = time.perf_counter()
         try:
-            return real_handle(req)
+            resp = real_handle(req)
         finally:
             handler_seconds[0] += time.perf_counter() - t
+        body_bytes[0] += len(resp.body)
+        if req.path.endswith("/cluster/resources"):
+            resources_body[0] = resp.body
+        return resp
 
     sim.handle = timed_handle  # type: ignore[method-assign]
     # warm-up: RRD seeding of nodes and candidates, first slow refreshes
@@ -130,6 +149,7 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
     api_times: list[float] = []
     sentences = set()
     log_start = len(sim.request_log)
+    body_bytes[0] = 0
     for _ in range(cycles):
         handler_seconds[0] = 0.0
         t = time.perf_counter()
@@ -141,6 +161,7 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
         sim.advance(config.interval)
         t_adv += time.perf_counter() - t
     requests = len(sim.request_log) - log_start
+    bytes_per_cycle = body_bytes[0] / cycles
 
     snapshot, _tasks = agent.env.sample(sim.now)
     estimates = agent.estimator.estimates()
@@ -167,6 +188,8 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
                 "p95": round(1000 * s[min(len(s) - 1, int(0.95 * len(s)))], 3)}
 
     agent_side = [c - a for c, a in zip(cycle_times, api_times, strict=True)]
+    large = (nodes, guests) in LARGE
+    floor = decision_floor(agent, resources_body[0], config, sim.now) if large else None
     return {
         "nodes": nodes,
         "guests": guests,
@@ -182,7 +205,108 @@ def _measure_one(nodes: int, guests: int, cycles: int) -> dict[str, Any]:
         "rss_after_import_mib": round(rss_import / 2**20, 1),
         "peak_rss_mib": round(_peak_rss_bytes() / 2**20, 1),
         "cycle_tracemalloc_peak_kib": round(cycle_alloc_peak / 1024, 1),
+        "api_bytes_per_cycle": round(bytes_per_cycle),
+        "api_requests_per_day": round(requests / cycles * DAY / config.interval),
+        "api_mib_per_day": round(bytes_per_cycle * DAY / config.interval / 2**20, 1),
+        "resources_body_bytes": len(resources_body[0]),
+        **({"floor": floor} if floor is not None else {}),
     }
+
+
+def decision_floor(agent: Any, body: bytes, config: Any, now: float,
+                   repetitions: int = 25) -> dict[str, Any]:
+    """The agent's work on one `/cluster/resources` body, part by part,
+    next to decoding it with `json.loads` alone. The snapshot's other
+    fields (tasks, rules, backups) come from the agent's last real sample;
+    each repetition is a new sample time, so the EMA update does its full
+    work every time. Timed in CPU time of this process
+    (`time.process_time`): the machine is shared, and other work would
+    otherwise stretch the parts unevenly."""
+    clock = time.process_time
+    import dataclasses
+    import random
+
+    from pve_balancer.policy import PolicyState, decide
+    from pve_balancer.pve import parse_resources
+
+    template, _tasks = agent.env.sample(now)
+    estimator = agent.estimator
+    state = PolicyState()
+    rng = random.Random(1)
+    parts: dict[str, list[float]] = {"json_loads": [], "parse": [], "ema": [], "decide": []}
+    floor: list[float] = []
+    when = template.time
+    for _ in range(repetitions):
+        t0 = clock()
+        json.loads(body)
+        floor.append(clock() - t0)
+        when += config.interval
+        t0 = clock()
+        data = json.loads(body)["data"]
+        t1 = clock()
+        nodes, guests = parse_resources(data)
+        snapshot = dataclasses.replace(template, time=when, nodes=nodes, guests=guests)
+        t2 = clock()
+        estimator.observe(snapshot)
+        estimates = estimator.estimates()
+        t3 = clock()
+        decide(snapshot, estimates, config, state, rng)
+        t4 = clock()
+        for key, dt in (("json_loads", t1 - t0), ("parse", t2 - t1), ("ema", t3 - t2),
+                        ("decide", t4 - t3)):
+            parts[key].append(dt)
+    med = {k: round(1000 * statistics.median(v), 3) for k, v in parts.items()}
+    total = [sum(v[i] for v in parts.values()) for i in range(repetitions)]
+    floor_ms = 1000 * statistics.median(floor)
+    total_ms = 1000 * statistics.median(total)
+    return {"body_bytes": len(body), "json_loads_ms": round(floor_ms, 3),
+            "decision_ms": round(total_ms, 3), "parts_ms": med,
+            "ratio_to_json_loads": round(total_ms / floor_ms, 2), "repetitions": repetitions}
+
+
+def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50,
+                    attribute: bool = False) -> dict[str, Any]:
+    """Full agent cycles (with the simulator advancing between them) and
+    the process's RSS every `every` cycles. The process holds the simulator
+    too, so with `attribute` the Python allocations that grew between
+    cycle 100 and the last are summed by the package that made them
+    (tracemalloc, which slows the run: the RSS figures are then not
+    comparable with a run without it)."""
+    from bench import harness
+    from pve_balancer.config import Config
+    from simlab.inprocess import InProcessLab, simulator
+
+    with harness.quiet_agent_logs():
+        sim = simulator(cluster(nodes, guests), seed=0)
+        config = Config(dry_run=True, seed=1)
+        agent = InProcessLab.attach(sim, config).agent
+        points: list[tuple[int, float]] = []
+        growth: dict[str, float] = {}
+        first: Any = None
+        t0 = time.perf_counter()
+        for i in range(1, cycles + 1):
+            agent.run_cycle()
+            sim.advance(config.interval)
+            if i % every == 0 or i in (1, cycles):
+                points.append((i, round(_rss_bytes() / 2**20, 1)))
+            if attribute and i == 100:
+                tracemalloc.start()
+                first = tracemalloc.take_snapshot()
+        if first is not None:
+            for stat in tracemalloc.take_snapshot().compare_to(first, "filename"):
+                name = str(stat.traceback[0].filename)
+                pkg = next((p for p in ("pve_balancer", "pvesim", "proxmoxer", "requests")
+                            if f"/{p}/" in name), "other")
+                growth[pkg] = growth.get(pkg, 0.0) + stat.size_diff / 1024
+            tracemalloc.stop()
+        wall = time.perf_counter() - t0
+    after_warmup = [mib for i, mib in points if i >= 100] or [points[-1][1]]
+    return {"nodes": nodes, "guests": guests, "cycles": cycles,
+            "rss_mib_every": every, "rss_mib": points,
+            "growth_mib_after_100_cycles": round(after_warmup[-1] - after_warmup[0], 1),
+            **({"allocation_growth_kib_by_package_after_100_cycles":
+                {k: round(v, 1) for k, v in sorted(growth.items())}} if attribute else {}),
+            "wall_seconds": round(wall, 1)}
 
 
 RATIO_FIELDS = (
@@ -232,29 +356,84 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _child(*args: object) -> dict[str, Any]:
+    """One measurement in a fresh process (its RSS is its own)."""
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *map(str, args)],
+                         check=True, capture_output=True, text=True, cwd=REPO)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def large_table(rows: Sequence[dict[str, Any]], rss: Sequence[dict[str, Any]]) -> str:
+    """The floor, bytes and RSS figures of the large sizes."""
+    lines = [
+        "| nodes | guests | body KiB | json.loads ms | parse ms | EMA ms | decide ms | "
+        "decision ms (x json.loads) | req/cycle | KiB/cycle | req/day | MiB/day | "
+        "RSS MiB after 1 / 100 / last cycle |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        f = r.get("floor")
+        if f is None:
+            continue
+        p = f["parts_ms"]
+        curve = next((x for x in rss if x["nodes"] == r["nodes"]
+                      and x["guests"] == r["guests"]), None)
+        if curve is not None:
+            pts = dict(curve["rss_mib"])
+            mem = f"{pts[1]:.0f} / {pts.get(100, 0):.0f} / {curve['rss_mib'][-1][1]:.0f} " \
+                  f"({curve['rss_mib'][-1][0]} cycles)"
+        else:
+            mem = "-"
+        lines.append(
+            f"| {r['nodes']} | {r['guests']} | {f['body_bytes'] / 1024:,.0f} "
+            f"| {f['json_loads_ms']:.2f} | {p['parse']:.2f} | {p['ema']:.2f} "
+            f"| {p['decide']:.2f} | {f['decision_ms']:.2f} ({f['ratio_to_json_loads']:.2f}) "
+            f"| {r['api_requests_per_cycle']:.2f} | {r['api_bytes_per_cycle'] / 1024:,.0f} "
+            f"| {r['api_requests_per_day']:,} | {r['api_mib_per_day']:,.0f} | {mem} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=60, help="measured cycles per size")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     ap.add_argument("--one", nargs=2, type=int, metavar=("NODES", "GUESTS"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--rss", nargs=2, type=int, metavar=("NODES", "GUESTS"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--rss-cycles", type=int, default=1000,
+                    help="full cycles for the RSS curve at 64 nodes / 1,000 guests (0: skip)")
+    ap.add_argument("--rss-cycles-10k", type=int, default=300,
+                    help="the same at 10,000 guests, where the simulator's own physics "
+                    "takes about 1 s per cycle (0: skip)")
+    ap.add_argument("--no-large", action="store_true", help="skip the 64-node sizes")
+    ap.add_argument("--attribute", action="store_true",
+                    help="with --rss: which package's allocations grew (tracemalloc)")
     args = ap.parse_args(argv)
     if args.cycles < 5:
         ap.error("--cycles must be at least 5")
     if args.one:
         print(json.dumps(measure_one(args.one[0], args.one[1], args.cycles)))
         return 0
+    if args.rss:
+        print(json.dumps(rss_over_cycles(args.rss[0], args.rss[1], args.rss_cycles,
+                                         attribute=args.attribute)))
+        return 0
     t0 = time.perf_counter()
     rows = []
-    for n in NODE_COUNTS:
-        for g in GUEST_COUNTS:
-            print(f"{n} nodes, {g} guests ...", flush=True)
-            out = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--one", str(n), str(g),
-                 "--cycles", str(args.cycles)],
-                check=True, capture_output=True, text=True, cwd=REPO)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    sizes = [(n, g) for n in NODE_COUNTS for g in GUEST_COUNTS]
+    if not args.no_large:
+        sizes += list(LARGE)
+    for n, g in sizes:
+        print(f"{n} nodes, {g} guests ...", flush=True)
+        rows.append(_child("--one", n, g, "--cycles", args.cycles))
     add_ratios(rows)
+    rss = []
+    for n, g in () if args.no_large else LARGE:
+        count = args.rss_cycles if g < 10000 else args.rss_cycles_10k
+        if count > 0:
+            print(f"{n} nodes, {g} guests: RSS over {count} cycles ...", flush=True)
+            rss.append(_child("--rss", n, g, "--rss-cycles", count))
     doc = {
         "benchmark": "scale",
         "command": "python bench/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -262,11 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": platform.machine(),
         "total_wall_seconds": round(time.perf_counter() - t0, 1),
         "rows": rows,
+        "rss_over_cycles": rss,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print()
     print(table(rows))
+    print()
+    print(large_table(rows, rss))
     print(f"\ntotal wall {doc['total_wall_seconds']} s; written {args.out}")
     return 0
 

@@ -12,8 +12,13 @@ What runs (all real processes, all on 127.0.0.1):
   timing that matches the shortened lock lifetime).
 
 The script prints what the agents say as it happens (role changes,
-decisions, migrations), a cluster line now and then, and its own
-commentary; then a summary, a PNG of the run (pvesim.plot) and the logs.
+decisions, migrations), a cluster line now and then (published CPU with the
+one-minute average the leader acts on, computed with the agent's own
+smoothing, `pve_balancer.ema`), and its own commentary; while the hotspot
+waits for that average to cross cpu_max it shows the average rising. Then a
+summary, a PNG of the run (demo/picture.py: the demo's own observations
+with the hotspot, each migration, the kill and the failover marked) and the
+logs.
 It exits 0 when a hotspot was relieved, a failover happened and the plot
 was written; 1 if not, 2 without FUSE, 130 when interrupted.
 Every process and mount it started is removed on exit, on Ctrl-C and on
@@ -27,6 +32,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +51,8 @@ sys.path.insert(0, str(REPO))
 import requests  # noqa: E402
 import yaml  # noqa: E402
 
+from demo.picture import Move, Sample, Story, save, write_picture  # noqa: E402
+from pve_balancer.ema import ema_alpha  # noqa: E402
 from pvesim.control import ControlClient  # noqa: E402
 from pvesim.pmxcfs import cleanup_mounts, fuse_available  # noqa: E402
 from pvesim.pmxcfs.ctl import send as pmxcfs_send  # noqa: E402
@@ -53,6 +61,9 @@ from pvesim.pmxcfs.mounts import mounted_fuse_paths  # noqa: E402
 SCENARIO = REPO / "demo" / "scenario.yaml"
 LOCK_NAME = "pve-balancer"
 HOTSPOT_NODE = "pve1"
+AVERAGE_EVERY = 3.0
+"""Seconds between the lines that show the one-minute average rising while
+the hotspot waits for it to cross cpu_max."""
 
 
 class DemoInterruptError(Exception):
@@ -134,6 +145,7 @@ class Timeline:
     migrations_started: list[tuple[float, str, str]] = field(default_factory=list)
     migrations_done: list[tuple[float, str, str]] = field(default_factory=list)
     hotspot_at: float | None = None
+    first_move_at: float | None = None
     hotspot_peak: float = 0.0
     relieved_at: float | None = None
     killed: tuple[float, str] | None = None
@@ -156,6 +168,7 @@ class Demo:
         self.timeline = Timeline()
         self.leader: str | None = None
         self.cpu_max = 0.8
+        self.memory_max = 0.8
         self.last_cluster_line = 0.0
         self.cluster: dict[str, dict[str, float]] = {}
         self.png = out / "run.png"
@@ -163,6 +176,13 @@ class Demo:
         self.metrics: dict[str, Any] = {}
         self.agent_requests: dict[str, int] = {}
         self.migrate_posts: list[dict[str, Any]] = []
+        # the agent's smoothing of each node's published CPU, in the agents'
+        # (wall) time, and what the picture draws
+        self.cpu_avg: dict[str, float] = {}
+        self.avg_at = 0.0
+        self.last_avg_line = 0.0
+        self.samples: list[Sample] = []
+        self.moves: list[Move] = []
 
     # -- timing of the election for the chosen lifetime
     def election_args(self) -> list[str]:
@@ -179,14 +199,14 @@ class Demo:
         doc = yaml.safe_load(SCENARIO.read_text(encoding="utf-8"))
         doc["start_time"] = int(time.time())
         self.cpu_max = float((doc.get("balancer_config") or {}).get("cpu_max", 0.8))
+        self.memory_max = float((doc.get("balancer_config") or {}).get("memory_max", 0.8))
         scenario = self.out / "scenario.yaml"
         scenario.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         conn_path = self.out / "connection.json"
         cmd = [sys.executable, "-m", "pvesim", "serve", "--scenario", str(scenario),
                "--connection-file", str(conn_path), "--pmxcfs", "--isolated-api", "local",
                "--pmxcfs-lifetime", str(self.args.lifetime), "--speed", f"{self.args.speed:g}",
-               "--state-dir", str(self.state), "--plot", str(self.png),
-               "--metrics-out", str(self.metrics_path)]
+               "--state-dir", str(self.state), "--metrics-out", str(self.metrics_path)]
         with (self.out / "pvesim.log").open("wb") as log:
             self.serve = subprocess.Popen(guarded(cmd), cwd=REPO, env=child_env(), stdout=log,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -252,8 +272,14 @@ class Demo:
             self.leader = None
         if "started task" in text or "started HA migration" in text:
             t.migrations_started.append((ev.wall, ev.node, text))
+            if t.first_move_at is None:
+                t.first_move_at = ev.wall
+            self.moves.append(Move(ev.wall - self.screen.t0, None, move_label(text)))
         if text.startswith("migrated vm") or "; migrated vm" in text:
             t.migrations_done.append((ev.wall, ev.node, text))
+            open_moves = [m for m in self.moves if m.end is None]
+            if open_moves:
+                open_moves[0].end = ev.wall - self.screen.t0
         if text.startswith("standby (leader:") and "unknown" not in text:
             return  # the periodic standby line adds nothing once the leader is known
         self.screen.say(ev.node, text)
@@ -263,8 +289,8 @@ class Demo:
         if not force and now - self.last_cluster_line < self.args.status_every:
             return
         self.last_cluster_line = now
-        parts = [f"{n} cpu {v['cpu'] * 100:3.0f}% mem {v['mem'] * 100:3.0f}%"
-                 for n, v in sorted(self.cluster.items())]
+        parts = [f"{n} cpu {v['cpu'] * 100:3.0f}% (1-min {self.cpu_avg.get(n, 0.0) * 100:3.0f}%)"
+                 f" mem {v['mem'] * 100:3.0f}%" for n, v in sorted(self.cluster.items())]
         self.screen.say("cluster", " | ".join(parts) + f" | leader: {self.leader or '-'}")
 
     def poll_cluster(self) -> None:
@@ -272,6 +298,17 @@ class Demo:
             self.cluster = self.api_nodes()
         except (requests.RequestException, ValueError, KeyError):
             return
+        now = time.monotonic()
+        weight = ema_alpha(now - self.avg_at) if self.avg_at else 1.0
+        for node, v in self.cluster.items():
+            before = self.cpu_avg.get(node)
+            self.cpu_avg[node] = v["cpu"] if before is None else \
+                before + weight * (v["cpu"] - before)
+        self.avg_at = now
+        self.samples.append(Sample(now - self.screen.t0,
+                                   {n: v["cpu"] for n, v in self.cluster.items()},
+                                   {n: v["mem"] for n, v in self.cluster.items()},
+                                   dict(self.cpu_avg)))
         t = self.timeline
         cpu = self.cluster.get(HOTSPOT_NODE, {}).get("cpu", 0.0)
         if t.hotspot_at is None and cpu > self.cpu_max:
@@ -282,6 +319,13 @@ class Demo:
                             "leader acts once its 1-minute CPU average crosses the line.")
         if t.hotspot_at is not None:
             t.hotspot_peak = max(t.hotspot_peak, cpu)
+            if t.first_move_at is None and now - self.last_avg_line >= AVERAGE_EVERY:
+                self.last_avg_line = now
+                self.last_cluster_line = now  # this line stands in for the cluster line
+                avg = self.cpu_avg.get(HOTSPOT_NODE, 0.0)
+                self.screen.say("cluster", f"{HOTSPOT_NODE} cpu {cpu * 100:3.0f}%, 1-min "
+                                f"average {avg * 100:3.0f}% rising (the leader acts above "
+                                f"{self.cpu_max * 100:.0f}%) | leader: {self.leader or '-'}")
         if (t.hotspot_at is not None and t.relieved_at is None and t.migrations_done
                 and cpu <= self.cpu_max):
             t.relieved_at = time.monotonic()
@@ -395,6 +439,25 @@ class Demo:
         if self.state.exists() and not mounted_fuse_paths(self.state):
             shutil.rmtree(self.state, ignore_errors=True)
 
+    def draw(self) -> None:
+        """The PNG of what the demo saw (demo/picture.py)."""
+        t, t0 = self.timeline, self.screen.t0
+
+        def rel(x: float | None) -> float | None:
+            return None if x is None else x - t0
+
+        story = Story(hotspot_node=HOTSPOT_NODE, cpu_max=self.cpu_max,
+                      memory_max=self.memory_max, speed=self.args.speed,
+                      hotspot=rel(t.hotspot_at), relieved=rel(t.relieved_at), moves=self.moves,
+                      killed=None if t.killed is None else (t.killed[0] - t0, t.killed[1]),
+                      takeover=None if t.takeover is None else (t.takeover[0] - t0,
+                                                                t.takeover[1]))
+        try:
+            save(self.out / "picture.json", self.samples, story)
+            write_picture(self.png, self.samples, story)
+        except (ImportError, OSError, ValueError) as exc:
+            self.screen.say("warn", f"could not draw {self.png}: {exc}")
+
     def collect(self) -> None:
         """Request log and metrics while the simulator still runs."""
         ctl = ControlClient.from_connection(self.conn)
@@ -451,6 +514,15 @@ class Demo:
         }
         (self.out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
         return doc
+
+
+def move_label(text: str) -> str:
+    """`vm 102 (app1) pve1 -> pve2` from the agent's sentence that started
+    the migration (`... migrate vm 102 (app1) from pve1 to pve2: ...`)."""
+    m = re.search(r"migrate (vm \d+(?: \([^)]*\))?) from (\S+) to ([^\s:;]+)", text)
+    if m is None:
+        return "a guest"
+    return f"{m.group(1)} {m.group(2)} -> {m.group(3)}"
 
 
 def print_summary(screen: Screen, doc: dict[str, Any]) -> None:
@@ -548,8 +620,9 @@ def main(argv: list[str] | None = None) -> int:
         # Stopping must not itself be interrupted half-way.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        screen.say("demo", "stopping the agents (SIGTERM) and the simulator (writes the plot)")
+        screen.say("demo", "stopping the agents (SIGTERM) and the simulator; drawing the plot")
         demo.stop()
+        demo.draw()
     if interrupted:
         screen.say("demo", f"interrupted ({interrupted}); all processes and mounts removed. "
                    f"Logs: {out}")

@@ -221,6 +221,11 @@ class ApiToken:
 
 
 def _num(value: object, default: float = 0.0) -> float:
+    # exact-type fast paths first: called for every number of every guest
+    if type(value) is float:
+        return default if math.isnan(value) else value
+    if type(value) is int:
+        return float(value)
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
@@ -234,6 +239,8 @@ def _num(value: object, default: float = 0.0) -> float:
 
 
 def _int(value: object, default: int = 0) -> int:
+    if type(value) is int:
+        return value
     return int(_num(value, float(default)))
 
 
@@ -253,15 +260,20 @@ def _items(data: object, what: str) -> list[Mapping[str, Any]]:
         raise PveError(f"{what}: expected a list, got {type(data).__name__}")
     out: list[Mapping[str, Any]] = []
     for entry in data:
-        if isinstance(entry, Mapping):
+        if type(entry) is dict or isinstance(entry, Mapping):  # exact dict: no ABC check
             out.append(entry)
         else:
             log.warning("%s: skipping entry that is not an object: %.80r", what, entry)
     return out
 
 
+_NO_TAGS: frozenset[str] = frozenset()
+
+
 def parse_tags(value: object) -> frozenset[str]:
     """PVE separates tags with ';' (also ',' or spaces in older configs)."""
+    if value is None or value == "":
+        return _NO_TAGS  # most guests: no regex, no new set
     return frozenset(t for t in re.split(r"[;, ]+", _text(value)) if t)
 
 
@@ -292,7 +304,9 @@ def parse_guest(entry: Mapping[str, Any]) -> Guest | None:
         log.warning("/cluster/resources: %s entry without vmid or node skipped: %.120r",
                     kind, entry)
         return None
-    mem = entry.get("memhost") if entry.get("memhost") is not None else entry.get("mem")
+    mem = entry.get("memhost")
+    if mem is None:
+        mem = entry.get("mem")
     hastate = _text(entry.get("hastate"))
     lock = _text(entry.get("lock")) or None
     return Guest(vmid=vmid, name=_text(entry.get("name")) or f"{kind}{vmid}", node=node,
