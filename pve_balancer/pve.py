@@ -220,26 +220,34 @@ class ApiToken:
 # ---------------------------------------------------------------- parsing
 
 
+NUMBER_LIMIT = 1e18
+"""Beyond this no figure PVE gives (bytes, seconds since the epoch, cores)
+makes sense: such a number, infinity and NaN read as missing, so that no
+OverflowError escapes and no infinite value reaches the policy."""
+
+
 def _num(value: object, default: float = 0.0) -> float:
     # exact-type fast paths first: called for every number of every guest
     if type(value) is float:
-        return default if math.isnan(value) else value
+        return value if -NUMBER_LIMIT <= value <= NUMBER_LIMIT else default  # NaN fails too
     if type(value) is int:
-        return float(value)
+        return float(value) if -NUMBER_LIMIT <= value <= NUMBER_LIMIT else default
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
-        return default if math.isnan(value) else float(value)
+        return _num(float(value) if -NUMBER_LIMIT <= value <= NUMBER_LIMIT else default,
+                    default)
     if isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return default
+        return number if -NUMBER_LIMIT <= number <= NUMBER_LIMIT else default
     return default
 
 
 def _int(value: object, default: int = 0) -> int:
-    if type(value) is int:
+    if type(value) is int and -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
         return value
     return int(_num(value, float(default)))
 
@@ -541,12 +549,12 @@ def parse_rrd_cpu(data: object, now: float, window: float = RRD_WINDOW,
     clock, and is not used."""
     points: list[tuple[float, float]] = []
     for entry in _items(data, what):
-        t = entry.get("time")
-        cpu = entry.get("cpu")
-        if not isinstance(t, int | float) or not isinstance(cpu, int | float):
-            continue
-        if math.isfinite(float(t)) and math.isfinite(float(cpu)):
-            points.append((float(t), float(cpu)))
+        t = _num(entry.get("time"), math.nan)
+        cpu = _num(entry.get("cpu"), math.nan)
+        if isinstance(entry.get("time"), str) or isinstance(entry.get("cpu"), str):
+            continue  # a gap is missing, never text
+        if math.isfinite(t) and math.isfinite(cpu):
+            points.append((t, cpu))
     if not points:
         return []
     points.sort()

@@ -479,9 +479,6 @@ HOSTILE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="parser defect (pve.py _num/_int; not among issue 10's "
-                   "listed defects): OverflowError/ValueError or an infinite value escapes for "
-                   "1e999, NaN text and 400-digit integers")
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_numbers_are_a_pve_error_or_a_finite_value(case: str) -> None:
     check, data = HOSTILE[case]
@@ -489,8 +486,6 @@ def test_hostile_numbers_are_a_pve_error_or_a_finite_value(case: str) -> None:
         check(data)
 
 
-@pytest.mark.xfail(strict=True, reason="parser defect (pve.py _int; not among issue 10's "
-                   "listed defects): OverflowError escapes PveClient.sample for maxmem 1e999")
 def test_hostile_numbers_through_the_client_are_a_pve_error() -> None:
     body = b'{"data": [{"type": "node", "node": "pve1", "status": "online", ' \
            b'"maxmem": 1e999, "maxcpu": 16}]}'
