@@ -245,8 +245,10 @@ def test_proactive_target_limit_is_the_effective_threshold() -> None:
 
 def test_proactive_rest_does_not_hold_back_saturation_relief() -> None:
     """Only proactive mode rests a guest; CPU and memory saturation still move
-    it (the vm_cooldown alone applies there)."""
-    just_moved = PolicyState(last_moved={102: NOW, 201: NOW})
+    it (the vm_cooldown alone applies there). In CPU relief a guest moved
+    within the hour only loses ties to one that was not: here every
+    candidate has just moved."""
+    just_moved = PolicyState(last_moved={102: NOW, 103: NOW, 104: NOW, 201: NOW})
     cpu = run(Case(CPU, None, state=just_moved))
     assert cpu.mode is Mode.CPU and cpu.migration is not None and cpu.migration.vmid == 102
     mem = run(Case(MEM, None, state=just_moved))
