@@ -733,7 +733,8 @@ def _plan_text(plan: _Plan) -> str:
     count = len(plan.moves)
     room = ""
     if plan.room_made and count > 1:
-        first, then = plan.moves[0], plan.moves[1]
+        first = plan.moves[0]
+        then = next((m for m in plan.moves[1:] if m.target == first.source), plan.moves[1])
         room = f", making room on {first.source} for vm {then.vmid}"
     return f"move 1 of {count} planned{room}, {plan.source.name} to {_f(plan.end_cpu)}"
 
