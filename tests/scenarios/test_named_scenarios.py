@@ -71,6 +71,15 @@ def expect_cpu_hotspot(lab: InProcessLab) -> None:
     assert lab.agent.estimator.estimates().node_cpu["pve1"] < 0.8
 
 
+def expect_cpu_cascade(lab: InProcessLab) -> None:
+    # first the room (a small guest between the two peers), then the guest
+    # that needed it; the hottest guest stays and pve1 ends below cpu_max
+    assert posted_vmids(lab) == [302, 102]
+    assert lab.node_of(302) == "pve2" and lab.node_of(102) == "pve3"
+    assert lab.node_of(101) == "pve1", "the hottest guest stays"
+    assert lab.agent.estimator.estimates().node_cpu["pve1"] < 0.8
+
+
 def expect_foreign(lab: InProcessLab) -> None:
     # The others' moves and the backup really ran, and the agent moved
     # nothing; the invariants forbid a POST while one of them ran.
@@ -119,6 +128,7 @@ def expect_proactive_near_max(lab: InProcessLab) -> None:
 
 OUTCOME: dict[str, Callable[[InProcessLab], None]] = {
     "balanced-3node": expect_balanced,
+    "cpu-cascade": expect_cpu_cascade,
     "cpu-hotspot": expect_cpu_hotspot,
     "foreign-migration": expect_foreign,
     "ha-guest": expect_ha,

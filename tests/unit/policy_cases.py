@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from pve_balancer.config import Config
 from pve_balancer.model import AffinityRule, Estimates, Guest, Mode, Node, Snapshot
-from pve_balancer.policy import PolicyState
+from pve_balancer.policy import PROACTIVE_REST, PolicyState
 
 GIB = 1 << 30
 NOW = 1000.0
@@ -147,6 +147,15 @@ PRO = cluster(PRO_NODES, MEM_GUESTS)
 ARMED_SINCE = {f"pve{i}": NOW - 300 for i in range(1, 5)}
 ARMED = PolicyState(pressure_since=ARMED_SINCE)
 ANY_BAND = Config(proactive_band=0.5)  # rules about the threshold, not the risk band
+
+# Cascade: pve1 at 0.86 needs 0.06; its movable 103 (0.08) fits neither
+# pve2 (room 0.05 below 0.75) nor pve3 (0.03). pve2's 301 (0.03; 300 is
+# pve2's busiest, kept) fits pve3 and leaves room for 103 on pve2.
+CASCADE = cluster(
+    (node("pve1", 0.86), node("pve2", 0.70), node("pve3", 0.72)),
+    (vm(101, "pve1", 0.9), vm(103, "pve1", 0.32, vcpus=4),
+     vm(300, "pve2", 0.6), vm(301, "pve2", 0.12, vcpus=4)),
+)
 
 CPU_OK = Case(CPU, (102, "pve2"), "pve1 above cpu_max (0.90 > 0.80)", Mode.CPU)
 MEM_OK = Case(MEM, (201, "pve2"), "pve1 above memory_max (0.88 > 0.80)", Mode.MEMORY)
@@ -447,6 +456,53 @@ RULES: tuple[Rule, ...] = (
                      (vm(101, "pve1", 0.9), vm(103, "pve1", 0.2, vcpus=4),
                       vm(105, "pve1", 0.2, vcpus=4))),
              (103, "pve2"), "(move 1 of 2 planned, pve1 to 0.78)", Mode.CPU),
+    ),
+    Rule(
+        "equal_plans_copy_the_least_memory",
+        # 102 (8 GiB) and 104 (2 GiB) each end the episode at or below 0.75
+        # alone: the plan copying less memory wins over the larger share
+        Case(cpu_with(vm(102, "pve1", 0.5, mem_gib=8)), (104, "pve2"),
+             "(move 1 of 1 planned, pve1 to 0.75)", Mode.CPU),
+        CPU_OK,
+    ),
+    Rule(
+        "fewest_moves_before_least_memory",
+        # the 2 GiB guests 103 and 106 need two moves; the 8 GiB 102 one
+        Case(cluster(CPU_NODES, (vm(101, "pve1", 0.9), vm(102, "pve1", 0.5, mem_gib=8),
+                                 vm(103, "pve1", 0.24, vcpus=4), vm(106, "pve1", 0.24, vcpus=4))),
+             (102, "pve2"), "(move 1 of 1 planned, pve1 to 0.65)", Mode.CPU),
+        # with 102 gone the two small guests make the plan
+        Case(cluster(CPU_NODES, (vm(101, "pve1", 0.9), vm(103, "pve1", 0.24, vcpus=4),
+                                 vm(106, "pve1", 0.24, vcpus=4))),
+             (103, "pve2"), "(move 1 of 2 planned, pve1 to 0.78)", Mode.CPU),
+    ),
+    Rule(
+        "equal_plans_leave_the_source_below_the_target_line",
+        # 104 alone (2 GiB) would end pve1 at 0.78, just under cpu_max; 102
+        # (8 GiB) ends it at 0.65, below cpu_max - safety_margin: 102 wins
+        Case(cpu_with(vm(102, "pve1", 0.5, mem_gib=8), vm(104, "pve1", 0.48, vcpus=4)),
+             (102, "pve2"), "(move 1 of 1 planned, pve1 to 0.65)", Mode.CPU),
+        # with 102 in cooldown, 104's plan to 0.78 still ends the episode
+        Case(cpu_with(vm(102, "pve1", 0.5, mem_gib=8), vm(104, "pve1", 0.48, vcpus=4)),
+             (104, "pve2"), "(move 1 of 1 planned, pve1 to 0.78)", Mode.CPU,
+             state=PolicyState(cooldown_until={102: NOW + 60})),
+    ),
+    Rule(
+        "equal_plans_prefer_guests_not_moved_within_the_hour",
+        # 102 was moved 10 min ago: 104's equal plan is taken instead
+        Case(CPU, (104, "pve2"), "(move 1 of 1 planned, pve1 to 0.75)", Mode.CPU,
+             state=PolicyState(last_moved={102: NOW - 600})),
+        Case(CPU, (102, "pve2"), state=PolicyState(last_moved={102: NOW - PROACTIVE_REST})),
+    ),
+    Rule(
+        "cascade_makes_room_only_with_a_rested_guest",
+        # 103 (0.08) fits no target (room 0.05 on pve2, 0.03 on pve3); moving
+        # 301 (0.03) from pve2 to pve3 makes room for it, but 301 was moved
+        # to pve2 10 min ago
+        Case(CASCADE, None, "vm 103 would put pve2 cpu at 0.78 > 0.75", Mode.CPU,
+             state=PolicyState(last_moved={301: NOW - 600})),
+        Case(CASCADE, (301, "pve3"),
+             "(move 1 of 2 planned, making room on pve2 for vm 103, pve1 to 0.78)", Mode.CPU),
     ),
     Rule(
         "saturated_source_without_a_plan_still_sheds_to_cut_starvation",

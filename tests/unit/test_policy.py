@@ -245,8 +245,10 @@ def test_proactive_target_limit_is_the_effective_threshold() -> None:
 
 def test_proactive_rest_does_not_hold_back_saturation_relief() -> None:
     """Only proactive mode rests a guest; CPU and memory saturation still move
-    it (the vm_cooldown alone applies there)."""
-    just_moved = PolicyState(last_moved={102: NOW, 201: NOW})
+    it (the vm_cooldown alone applies there). In CPU relief a guest moved
+    within the hour only loses ties to one that was not: here every
+    candidate has just moved."""
+    just_moved = PolicyState(last_moved={102: NOW, 103: NOW, 104: NOW, 201: NOW})
     cpu = run(Case(CPU, None, state=just_moved))
     assert cpu.mode is Mode.CPU and cpu.migration is not None and cpu.migration.vmid == 102
     mem = run(Case(MEM, None, state=just_moved))
@@ -287,3 +289,33 @@ def test_memory_pressure_is_tracked_with_hysteresis() -> None:
     drained = Snapshot(time=NOW, nodes=(node("pve1", 0.3, 48, maintenance=True),
                                         *PRO_NODES[1:]), guests=MEM_GUESTS)
     assert track_memory_pressure({}, drained, config) == {}
+
+
+def test_plan_search_is_bounded_on_a_large_tight_cluster() -> None:
+    """32 nodes of 50 guests, every peer just under the target line: without
+    the bound the search weighed millions of pairs (seconds per cycle); with
+    it, it stops at SEARCH_STEPS and the decision is still a legal one."""
+    from pve_balancer import policy
+
+    rng = random.Random(2)
+    nodes, guests, vmid = [], [], 100
+    for i in range(32):
+        name = f"pve{i + 1}"
+        for _ in range(50):
+            guests.append(vm(vmid, name, rng.uniform(0.05, 1.0),
+                             vcpus=rng.choice([4, 8]) if i == 0 else rng.choice([1, 2, 4]),
+                             mem_gib=rng.randint(1, 8)))
+            vmid += 1
+        cpu = rng.uniform(0.81, 0.86) if i == 0 else rng.uniform(0.735, 0.749)
+        nodes.append(node(name, cpu, 200, cores=64, ram_gib=512))
+    snapshot = cluster(tuple(nodes), tuple(guests))
+    estimates = estimates_from_raw(snapshot)
+    view = policy._View.build(snapshot, estimates, Config())
+    source = view.loads["pve1"]
+    movable, _, _ = policy._candidates(view, Mode.CPU, source, PolicyState(), random.Random(0))
+    targets, _ = policy._targets(view, source)
+    search = policy._Search(view, source, movable, targets, PolicyState(), random.Random(0))
+    search.run()
+    assert search.steps == policy.SEARCH_STEPS  # reached, and not passed
+    decision = decide(snapshot, estimates, Config(), PolicyState(), random.Random(0))
+    assert decision.mode is Mode.CPU and decision.reason.startswith("pve1 above cpu_max")

@@ -156,15 +156,19 @@ def situations(
     """A random cluster with random rules, estimates, config and state.
     `calm` keeps CPU low and the maxima high so proactive balancing is
     reached; `hot` makes the first node a CPU hotspot among cooler 16-core
-    peers, so CPU mode's choices (busiest kept, midpoint) are exercised."""
-    calm, hot = shape == "calm", shape == "hot"
+    peers, so CPU mode's choices (busiest kept, plans) are exercised; `tight`
+    leaves those peers little room, so plans that first make room on a peer
+    (cascades) are reached too."""
+    calm, hot, tight = shape == "calm", shape in ("hot", "tight"), shape == "tight"
     ns, gs = draw(clusters(min_first=4 if hot else 0))
     if calm:
         ns = tuple(_calm(n) for n in ns)
     if hot:
         first = replace(ns[0], online=True, maintenance=False, maxcpu=16, maxmem=64 * GIB,
-                        mem=min(ns[0].mem, 40 * GIB), cpu=draw(st.floats(0.82, 1.0)))
-        ns = (first, *(replace(n, maxcpu=16, cpu=n.cpu * 0.6) for n in ns[1:]))
+                        mem=min(ns[0].mem, 40 * GIB),
+                        cpu=draw(st.floats(0.81, 0.88) if tight else st.floats(0.82, 1.0)))
+        ns = (first, *(replace(n, maxcpu=16, cpu=draw(st.floats(0.6, 0.74)) if tight
+                               else n.cpu * 0.6) for n in ns[1:]))
         gs = tuple(replace(g, kind="qemu", status="running") if g.node == "pve1" else g
                    for g in gs)
     vmids = [g.vmid for g in gs]
@@ -217,6 +221,16 @@ def _guest_ema(estimates: Estimates, g: Guest) -> float:
     return estimates.guest_cpu.get(g.vmid, g.cpu)
 
 
+def _kept(snapshot: Snapshot, estimates: Estimates, source: Node) -> Guest:
+    """The VM CPU relief keeps on `source`: the highest host share, the lowest
+    vmid on an exact tie."""
+    return min(
+        (g for g in snapshot.guests
+         if g.node == source.name and g.kind == "qemu" and g.status == "running"),
+        key=lambda g: (-(_guest_ema(estimates, g) * g.maxcpu / source.maxcpu), g.vmid),
+    )
+
+
 def _assert_legal(
     snapshot: Snapshot, estimates: Estimates, config: Config, state: PolicyState, m: Migration,
     reason: str,
@@ -262,7 +276,17 @@ def _assert_legal(
 
     # the mode fired legitimately, never a flip, a real gain
     source_cpu = estimates.node_cpu.get(source.name, source.cpu)
-    if m.mode is Mode.CPU:
+    if m.mode is Mode.CPU and "making room on" in reason:
+        # a cascade: the first move of a plan for another, hot node, between
+        # two nodes that are not the hot one, of a guest at rest for an hour
+        hot = reason.split(" ", 1)[0]
+        assert estimates.node_cpu_ready and hot not in (source.name, target.name)
+        assert estimates.node_cpu.get(hot, math.inf) > config.cpu_max
+        assert f"making room on {source.name} for vm " in reason and "planned" in reason
+        assert snapshot.time - state.last_moved.get(guest.vmid, -math.inf) >= PROACTIVE_REST
+        assert m.source_after.cpu < m.source_before.cpu
+        assert guest.vmid != _kept(snapshot, estimates, source).vmid
+    elif m.mode is Mode.CPU:
         assert estimates.node_cpu_ready and source_cpu > config.cpu_max
         # the pair's highest utilisation drops: the target ends below where
         # the source started (and under the target limit, asserted above)
@@ -274,12 +298,7 @@ def _assert_legal(
                                        and "cutting starvation" in reason)
         # the kept VM (highest host share, lowest vmid on an exact tie) is
         # never the one moved
-        kept = min(
-            (g for g in snapshot.guests
-             if g.node == source.name and g.kind == "qemu" and g.status == "running"),
-            key=lambda g: (-(_guest_ema(estimates, g) * g.maxcpu / source.maxcpu), g.vmid),
-        )
-        assert guest.vmid != kept.vmid
+        assert guest.vmid != _kept(snapshot, estimates, source).vmid
     else:
         assert 2 * m.target_after.mem <= m.source_before.mem + m.target_before.mem
         assert m.source_after.mem < m.source_before.mem
@@ -308,7 +327,8 @@ def _decide(snapshot: Snapshot, estimates: Estimates, config: Config, state: Pol
 
 
 @PROPERTY
-@given(st.one_of(situations(), situations("calm"), situations("hot")), st.integers(0, 3))
+@given(st.one_of(situations(), situations("calm"), situations("hot"), situations("tight")),
+       st.integers(0, 3))
 def test_decisions_never_break_a_rule(
     situation: tuple[Snapshot, Estimates, Config, PolicyState], seed: int
 ) -> None:
@@ -316,6 +336,8 @@ def test_decisions_never_break_a_rule(
     decision = _decide(snapshot, estimates, config, state, seed)
     assert decision.reason
     event(f"mode={decision.mode} migrates={decision.migration is not None}")
+    if "making room on" in decision.reason:
+        event("a cascade")
     if decision.migration is not None:
         assert decision.mode is decision.migration.mode
         _assert_legal(snapshot, estimates, config, state, decision.migration, decision.reason)
@@ -365,3 +387,50 @@ def test_decide_never_raises_on_odd_numbers(
             assert math.isfinite(usage.cpu) and math.isfinite(usage.mem_fraction)
             assert usage.mem >= 0
 
+
+
+@st.composite
+def crowded(draw: st.DrawFn) -> tuple[Snapshot, Estimates, Config, PolicyState]:
+    """A hot 16-core node among peers with little CPU room each, default
+    thresholds: where relief needs a plan, often one that first makes room
+    on a peer. Node figures add up from the guests plus a base load."""
+    nodes: list[Node] = []
+    guests: list[Guest] = []
+    vmid = 100
+    for name, low, high in (("pve1", 0.81, 0.9), ("pve2", 0.55, 0.74), ("pve3", 0.55, 0.74),
+                            ("pve4", 0.55, 0.74)):
+        mine = []
+        for _ in range(draw(st.integers(1, 5))):
+            mine.append(Guest(vmid=vmid, name=f"vm{vmid}", node=name, kind="qemu",
+                              status="running", cpu=draw(st.floats(0.05, 1.0)),
+                              maxcpu=draw(st.sampled_from([1, 2, 4])),
+                              mem=draw(st.integers(1, 16)) * GIB, maxmem=16 * GIB))
+            vmid += 1
+        guests += mine
+        nodes.append(Node(name=name, online=True, cpu=draw(st.floats(low, high)), maxcpu=16,
+                          mem=sum(g.mem for g in mine) + 8 * GIB, maxmem=256 * GIB))
+    snapshot = Snapshot(time=NOW, nodes=tuple(nodes), guests=tuple(guests))
+    estimates = Estimates(node_cpu={n.name: n.cpu for n in nodes},
+                          guest_cpu={g.vmid: g.cpu for g in guests}, node_cpu_ready=True)
+    vmids = [g.vmid for g in guests]
+    state = PolicyState(
+        last_moved={v: NOW - draw(st.sampled_from([600.0, PROACTIVE_REST]))
+                    for v in vmids if draw(st.integers(0, 2)) == 2},
+        came_from={v: (draw(st.sampled_from([n.name for n in nodes])), NOW - 600.0)
+                   for v in vmids if draw(st.integers(0, 3)) == 3},
+    )
+    return snapshot, estimates, Config(), state
+
+
+@PROPERTY
+@given(crowded(), st.integers(0, 3))
+def test_crowded_relief_never_breaks_a_rule(
+    situation: tuple[Snapshot, Estimates, Config, PolicyState], seed: int
+) -> None:
+    """Plans in a crowded cluster, cascades included, keep every rule."""
+    snapshot, estimates, config, state = situation
+    decision = _decide(snapshot, estimates, config, state, seed)
+    event("a cascade" if "making room on" in decision.reason else
+          f"migrates={decision.migration is not None}")
+    if decision.migration is not None:
+        _assert_legal(snapshot, estimates, config, state, decision.migration, decision.reason)
