@@ -57,14 +57,19 @@ class Journal:
         handler.addFilter(RepeatLimiter(clock=lambda: self.sim.now))
         handler.addFilter(DisplaySafe())
         logger = logging.getLogger("pve_balancer")
-        old_level = logger.level
+        old_level, old_propagate = logger.level, logger.propagate
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
+        # Only this journal sees the records: a test runner's log capture
+        # would keep every record (and the frames of its traceback) alive,
+        # which the soak would count as the agent's memory growing.
+        logger.propagate = False
         try:
             yield self
         finally:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
+            logger.propagate = old_propagate
 
     def warnings(self, start: float = float("-inf"), end: float = float("inf")) -> list[Record]:
         return [r for r in self.records if r.level >= logging.WARNING and start <= r.t <= end]

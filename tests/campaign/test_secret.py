@@ -159,6 +159,7 @@ def test_no_output_of_real_processes_carries_the_secret(lab: ProcessLab,
     outputs["status.json"] = status.read_text(errors="replace") if status.exists() else ""
     assert "GET" in outputs["run -vv"], "the -vv run logged no requests"
     # A token the API refuses: the 401 message names the token, not its secret.
+    lab.ctl.clear_faults()
     wrong_root = tmp_path / "wrong-root"
     (wrong_root / "priv").mkdir(parents=True)
     for name in ("pve-root-ca.pem", "balancer.yaml"):
