@@ -73,6 +73,7 @@ class Daemon:
         self.overruns = 0
         self.journal = CycleJournal()
         self._overrun_episode = Episodes()
+        self._last_overrun = float("-inf")
         self._late_episode = Episodes()
         self.cycle_limit = CYCLE_LIMIT
         self.in_time = False  # whether the last cycle completed within `cycle_limit`
@@ -180,13 +181,17 @@ class Daemon:
             if now > next_start:
                 late = now - next_start + interval
                 self.overruns += 1
+                self._last_overrun = now
                 _write(self._overrun_episode.problem(
                     now, f"cycle took {late:.1f} s, longer than the {interval:.0f} s interval; "
                     "skipping the missed slot", logging.WARNING, key="overrun",
                     end=f"cycles within the {interval:.0f} s interval again after {{duration}}, "
                     "{cycles} overran"))
                 next_start = now
-            else:
+            elif now - self._last_overrun >= HEARTBEAT:
+                # Overruns that recur (a slow endpoint asked once a minute
+                # and timing out) are one episode: it ends only after
+                # HEARTBEAT seconds without one, not at the next quick cycle.
                 _write(self._overrun_episode.clear(now))
             self._sleep_until(next_start)
             if limit is not None and self.cycles >= limit:

@@ -41,9 +41,6 @@ def lab(tmp_path: Path) -> Iterator[ProcessLab]:
     started.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: no per-cycle deadline: a 10 s timeout makes "
-                   "each 2 s cycle overrun the safety bound, the leader steps down and resumes "
-                   "every cycle and each resume tells the API problem again")
 def test_one_episode_per_fault_kind_on_a_real_agent(lab: ProcessLab) -> None:
     agent = lab.start_agent("pve1")
     lab.wait_leader(30)

@@ -78,10 +78,6 @@ def _id(case: tuple[Endpoint, str]) -> str:
     return f"{case[0].name}-{case[1]}"
 
 
-FAIL_OPEN = "issue 10: fails open: a fact that cannot be read is assumed absent and it migrates"
-NO_BREAKER = "issue 10: no circuit breaker: every failed migration start is followed by another"
-OVERRUNS = ("issue 10: no per-cycle deadline: each timed-out slow refresh overruns the cycle "
-            "and logs a new WARNING")
 BREAKER_FAILURES = 3
 """The circuit breaker's documented default (`breaker_failures`)."""
 LINES_PER_ATTEMPT = 3
@@ -89,22 +85,10 @@ LINES_PER_ATTEMPT = 3
 caused, and that it did not start."""
 
 
-def _expected_failure(endpoint: Endpoint, kind: str) -> str | None:
-    if endpoint.fact and endpoint.name not in ("resources", "tasks") and kind in UNREADABLE:
-        if kind == "timeout":
-            return FAIL_OPEN + "; " + OVERRUNS
-        return FAIL_OPEN
-    if endpoint.name == "migrate" and kind in FAILED_START:
-        return NO_BREAKER
-    return None
-
-
 def _params() -> list[object]:
     out: list[object] = []
     for case in CASES:
-        why = _expected_failure(*case)
-        marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
-        out.append(pytest.param(*case, id=_id(case), marks=marks))
+        out.append(pytest.param(*case, id=_id(case)))
     return out
 
 
@@ -144,10 +128,6 @@ def test_the_matrix_covers_every_kind_and_endpoint() -> None:
     assert len(CASES) == len(ENDPOINTS) * len(SIM_KINDS)
 
 
-EXCLUDED = "issue 10: a guest whose tags field is missing loses its exclusion tag and is moved"
-
-
-@pytest.mark.xfail(strict=True, reason=EXCLUDED)
 def test_missing_tags_never_move_an_excluded_guest() -> None:
     """Every guest pve1 could give up carries the exclusion tag (the
     database is too big to move): with `tags` dropped from

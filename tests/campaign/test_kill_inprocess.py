@@ -82,20 +82,12 @@ STEPS = {
     # killed in its second task poll: the migration is being followed
     "during-follow": dict(method="GET", path="/nodes/*/tasks/*/status", nth=2),
 }
-DOUBLE = ("issue 10: a migration this term did not follow to its end is followed by a second "
-          "one on pre-migration statistics (the settle wait applies only to followed ones)")
 PHASES = (0.0, 1.5)
 """Seconds added to the warm-up: where the agent's cycles fall against
 PVE's 10 s statistics publishing. At 0.0 the first cycle after the
 migration's end already reads fresh statistics; at 1.5 it reads the ones
 from before the end (found by sweeping 0..9.5 s in 0.5 s steps: a quarter
 of the phases at a 2 s interval, most at 5 s)."""
-FAILS_TODAY = {(step, takeover, interval, 1.5)
-               for step in ("after-post", "during-follow")
-               for takeover in ("restart", "standby")
-               for interval in (2.0, 5.0)} - {("during-follow", "standby", 5.0, 1.5)}
-
-
 def run(step: str, takeover: str, interval: float,
         offset: float = 0.0) -> tuple[InProcessLab, float]:
     sim = simulator(scenario_path("lab-three-agents"), seed=0, warmup=60.0 + offset)
@@ -119,8 +111,7 @@ def _cases() -> list[object]:
         for takeover in ("restart", "standby"):
             for interval in (2.0, 5.0):
                 for phase in PHASES:
-                    marks = [pytest.mark.xfail(strict=True, reason=DOUBLE)] \
-                        if (step, takeover, interval, phase) in FAILS_TODAY else []
+                    marks = []
                     if interval != 2.0:  # the default run keeps the lab's 2 s
                         marks.append(pytest.mark.slow)
                     out.append(pytest.param(step, takeover, interval, phase, marks=marks,

@@ -38,10 +38,6 @@ OBSERVE = 30.0
 """Simulated seconds watched after the last migration ended: a second POST
 for the same cause comes within a few cycles of the end (issue 10's trace:
 1 s after it)."""
-DOUBLE_MOVE = ("issue 10: a migration the current term did not follow to its end (killed "
-               "leader's POST) is followed by a second one on pre-migration statistics")
-
-
 @pytest.fixture
 def labs() -> Iterator[list[ProcessLab]]:
     started: list[ProcessLab] = []
@@ -99,20 +95,10 @@ CASES = [
 ]
 
 
-PHASE_DEPENDENT = {"after-post", "during-follow"}
-"""Steps after the POST: whether the next leader moves twice today depends
-on where PVE's 10 s statistics publishing falls against its cycles (seen:
-1 of 2 runs of after-post-restart POSTed again 0.7 s after the first
-migration ended). Not strict, as the outcome is not repeatable with real
-processes; `test_kill_inprocess.py` pins the phase and fails strictly."""
-
-
 def _params() -> list[object]:
     out: list[object] = []
     for step, takeover in CASES:
-        marks = [pytest.mark.xfail(strict=False, reason=DOUBLE_MOVE)] \
-            if step in PHASE_DEPENDENT else []
-        out.append(pytest.param(step, takeover, marks=marks, id=f"{step}-{takeover}"))
+        out.append(pytest.param(step, takeover, id=f"{step}-{takeover}"))
     return out
 
 

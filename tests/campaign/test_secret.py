@@ -2,9 +2,9 @@
 
 In process (default run): the agent's journal through the shipped
 filters, while the API answers with every fault kind at once, and while a
-hostile answer (`maxmem: 1e999` in /cluster/resources) forces the
-"cycle failed" path with its traceback, which must be logged once per
-episode and carry no secret.
+bug of our own (the policy raising, with the client's request context on
+the stack) forces the "cycle failed" path with its traceback, which must be
+logged once per episode and carry no secret.
 
 With real processes (slow tier): `pve-balancer -vv run` agents against
 `pvesim serve --pmxcfs` under API faults (every request logged at
@@ -15,7 +15,6 @@ Every byte of stdout, stderr and status.json is searched.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from pve_balancer import agent as agent_module
 from pve_balancer.config import Config
-from pvesim.protocol import ApiRequest, ApiResponse
 from simlab.inprocess import AGENT_TOKEN, InProcessLab, simulator
 from tests.campaign.inprocess_campaign import Journal
 from tests.campaign.process_campaign import secret_of, start_lab
@@ -34,50 +33,30 @@ from tests.integration.lab import REPO, ProcessLab, agent_env, wait_for
 from tests.scenarios import scenario_path
 
 
-class Hostile:
-    """Passes requests to the simulator; while `on`, /cluster/resources
-    comes back with one node's maxmem as `1e999` (what Python's json
-    reads as infinity)."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.on = False
-
-    def handle(self, request: ApiRequest) -> ApiResponse:
-        response: ApiResponse = self.inner.handle(request)  # type: ignore[attr-defined]
-        if not self.on or request.path != "/cluster/resources":
-            return response
-        doc = json.loads(response.body)
-        for entry in doc["data"]:
-            if entry.get("type") == "node":
-                entry["maxmem"] = "@INF@"
-                break
-        body = json.dumps(doc).replace('"@INF@"', "1e999").encode()
-        return ApiResponse(response.status, body, response.reason, dict(response.headers))
-
-    def node_reachable(self, name: str) -> bool:
-        return bool(self.inner.node_reachable(name))  # type: ignore[attr-defined]
-
-
-def test_a_forced_traceback_is_logged_once_and_carries_no_secret() -> None:
+def test_a_forced_traceback_is_logged_once_and_carries_no_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     sim = simulator(scenario_path("lab-three-agents"), seed=3)
-    hostile = Hostile(sim)
     lab = InProcessLab.attach(sim, Config(seed=1, interval=5))
-    # the agent's client, re-routed through the hostile answers
-    from pvesim.transport import attach
-
-    attach(lab.client.api, hostile, lab.node, sleep=sim.advance)
     journal = Journal(sim)
     secret = sim.tokens[AGENT_TOKEN]
+    real_decide = agent_module.decide
+    broken = {"on": False}
+
+    def decide(*args: object, **kwargs: object) -> object:
+        if broken["on"]:
+            raise RuntimeError(f"a bug of our own, next to {lab.client.url}")
+        return real_decide(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent_module, "decide", decide)
     with journal.capture():
         lab.run(60)
-        hostile.on = True
+        broken["on"] = True
         lab.run(300)
-        hostile.on = False
+        broken["on"] = False
         lab.run(60)
     text = journal.text()
     failed = [s for _, s in lab.sentences if s.startswith("cycle failed")]
-    assert failed, "the hostile answer did not reach the cycle's catch-all"
+    assert failed, "the bug did not reach the cycle's catch-all"
     tracebacks = [r for r in journal.records if "Traceback" in r.text]
     assert len(tracebacks) == 1, text
     assert secret not in text
