@@ -439,7 +439,11 @@ class Agent:
             log.info("%s", closed)
         if self.breaker.is_open(now):
             self._record(now, m, "breaker-open", decision.reason)
-            return CycleResult(f"{self.breaker.describe(now)}, not started: {decision.reason}",
+            # Worded without the guest's name or the figures of the reason
+            # (those are in status.json): while it is open the chosen guest
+            # may alternate, and the journal tells an unchanged wording once.
+            return CycleResult(f"{self.breaker.describe(now)}, not started: the move of vm "
+                               f"{m.vmid} off {m.source}",
                                fields={**fields, "result": "breaker-open"})
         try:
             upid = self.env.migrate(m.source, m.vmid, m.target)
