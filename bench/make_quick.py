@@ -3,8 +3,8 @@
 Workloads Archive, TU Delft).
 
 Why: CI needs a run of minutes that still makes the agent work: 36 trace
-VMs (a seeded sample), half of them on pve1 of three 16-core nodes, so pve1
-saturates within the first hour and the agent has to act; two simulated
+VMs (a seeded sample), half of them on pve1 of three 16-core, 26 GiB nodes, so pve1
+saturates in CPU and memory within the first hour and the agent has to act; two simulated
 hours (`duration`), with no nightly backup in the window.
 
     .venv/bin/python bench/make_quick.py    # deterministic; rewrites the YAML
@@ -40,8 +40,8 @@ def build() -> dict[str, object]:
         "quick-3node",
         "The small scenario of bench/run --quick, from the Bitbrains GWA-T-12 Rnd traces "
         "(GWA-T-12 Bitbrains, Grid Workloads Archive, TU Delft): 36 trace VMs, 18 of them "
-        "on pve1 of three 16-core nodes; two hours. Written by bench/make_quick.py.",
-        [{"name": n, "cores": 16, "memory": "96GiB", "base_memory": "6GiB"} for n in NODES],
+        "on pve1 of three 16-core, 26 GiB nodes; two hours. Written by bench/make_quick.py.",
+        [{"name": n, "cores": 16, "memory": "26GiB", "base_memory": "4GiB"} for n in NODES],
         trace_guests(list(zip(picked, placement, strict=True)), traces, rng, first_vmid=4000))
     scenario["duration"] = HOURS * 3600
     scenario.pop("backup_jobs")
