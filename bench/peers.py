@@ -132,8 +132,10 @@ def run_proxlb(path: Path, name: str, *, seed: int, duration: float) -> dict[str
 
 
 def run_scenario(name: str, *, seed: int, hours: float,
-                 balancers: Sequence[str]) -> dict[str, Any]:
-    path = PEER_SCENARIOS[name]
+                 balancers: Sequence[str], path: Path | None = None) -> dict[str, Any]:
+    """Every balancer of `balancers` on the scenario `name` (its file:
+    `path`, by default the one of that name in PEER_SCENARIOS)."""
+    path = path or PEER_SCENARIOS[name]
     duration = hours * 3600
     results: dict[str, Any] = {}
     for b in balancers:
