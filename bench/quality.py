@@ -317,15 +317,20 @@ def _f(x: Any, digits: int = 0) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+PHYSICS_FIGURES = (
+    ("CPU starvation (core-s)", "cpu_starvation_core_seconds", 0),
+    ("node-s above cpu_max", "node_seconds_above_cpu_max", 0),
+    ("node-s above memory_max", "node_seconds_above_memory_max", 0),
+    ("sustained (>= 60 s) CPU episodes, total s", "sustained_cpu_episode_seconds", 0),
+    ("peak node CPU", "peak_node_cpu", 3),
+    ("peak node memory", "peak_node_memory", 3),
+)
+"""The figures measured on the cluster itself (label, key, digits), for
+every run with or without a balancer; the tables of `bench/run` use them."""
+
+
 def table(results: Sequence[dict[str, Any]]) -> str:
-    rows = [
-        ("CPU starvation (core-s)", "cpu_starvation_core_seconds", 0),
-        ("node-s above cpu_max", "node_seconds_above_cpu_max", 0),
-        ("node-s above memory_max", "node_seconds_above_memory_max", 0),
-        ("sustained (>= 60 s) CPU episodes, total s", "sustained_cpu_episode_seconds", 0),
-        ("peak node CPU", "peak_node_cpu", 3),
-        ("peak node memory", "peak_node_memory", 3),
-    ]
+    rows = PHYSICS_FIGURES
     head = "| figure | " + " | ".join(
         f"{r['scenario']} baseline | agent | ratio" for r in results) + " |"
     sep = "|---|" + "---|---|---|" * len(results)

@@ -55,12 +55,7 @@ DAYS = {"bitbrains-imbalanced-3day": 3}
 """Scenarios longer than `--hours`: run for this many times `--hours`."""
 
 FIGURES = (
-    ("CPU starvation (core-s)", "cpu_starvation_core_seconds", 0),
-    ("node-s above cpu_max", "node_seconds_above_cpu_max", 0),
-    ("node-s above memory_max", "node_seconds_above_memory_max", 0),
-    ("sustained (>= 60 s) CPU episodes, total s", "sustained_cpu_episode_seconds", 0),
-    ("peak node CPU", "peak_node_cpu", 3),
-    ("peak node memory", "peak_node_memory", 3),
+    *quality.PHYSICS_FIGURES,
     ("migrations", "migrations", 0),
     ("ping-pongs (back within 1 h)", "ping_pongs", 0),
     ("undone (ever)", "undone", 0),
