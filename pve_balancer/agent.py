@@ -42,7 +42,7 @@ from .fence import FencedError
 from .model import Decision, Estimates, Migration, Preconditions, Snapshot, Task
 from .policy import (
     PROACTIVE_REST,
-    RETURN_BLOCK,
+    RETURN_MEMORY,
     PolicyState,
     decide,
     gave_up,
@@ -140,7 +140,7 @@ class Agent:
         self.settle_after = ""
         self.cooldown_until: dict[int, float] = {}
         self.last_moved: dict[int, float] = {}  # vmid -> time of our migrate POST
-        self.came_from: dict[int, tuple[str, float]] = {}  # vmid -> (node it left, when)
+        self.came_from: dict[int, dict[str, float]] = {}  # vmid -> {node it left: when}
         self.unmovable_until: dict[int, tuple[float, str]] = {}
         self._preconditions: dict[int, tuple[float, Preconditions]] = {}
         self._leading = False
@@ -190,14 +190,16 @@ class Agent:
         self.cooldown_until = cooldown
         unmovable = frozenset(v for v, (t, _) in self.unmovable_until.items() if t > now)
         self.last_moved = {v: t for v, t in self.last_moved.items() if now - t < PROACTIVE_REST}
-        self.came_from = {v: o for v, o in self.came_from.items() if now - o[1] < RETURN_BLOCK}
+        self.came_from = {v: kept for v, left in self.came_from.items()
+                          if (kept := {n: t for n, t in left.items()
+                                       if now - t < RETURN_MEMORY})}
         warming = frozenset(v for v, since in self._guest_since.items()
                             if v not in self._guest_seeded and now - since < GUEST_WARMUP)
         return PolicyState(cooldown_until=dict(cooldown), unmovable=unmovable,
                            last_moved=dict(self.last_moved), settle_until=self.settle_until,
                            settle_after=self.settle_after, warming=warming,
                            pressure_since=dict(self.pressure_since),
-                           came_from=dict(self.came_from))
+                           came_from={v: dict(left) for v, left in self.came_from.items()})
 
     # ------------------------------------------------------------ the cycle
 
@@ -456,7 +458,7 @@ class Agent:
             if exc.status is None:
                 # No HTTP answer (timeout, reset): PVE may have started it.
                 # Follow the guest until that is known either way.
-                self.came_from[m.vmid] = (m.source, now)
+                self.came_from.setdefault(m.vmid, {})[m.source] = now
                 self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source,
                                          target=m.target, mode=m.mode, upid="",
                                          ha=m.ha_managed, started=now, handed_over=True,
@@ -477,7 +479,7 @@ class Agent:
         # following it (leadership lost); renewed when the move ends.
         self.cooldown_until[m.vmid] = now + config.vm_cooldown
         self.last_moved[m.vmid] = now
-        self.came_from[m.vmid] = (m.source, now)
+        self.came_from.setdefault(m.vmid, {})[m.source] = now
         self.inflight = InFlight(vmid=m.vmid, name=m.name, source=m.source, target=m.target,
                                  mode=m.mode, upid=upid, ha=m.ha_managed, started=now)
         self._record(now, m, "started", decision.reason)

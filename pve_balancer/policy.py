@@ -42,9 +42,18 @@ it, a move that cannot bring the node back under `cpu_max` buys nothing."""
 
 RETURN_BLOCK = 4 * 3600.0
 """Seconds during which a guest the balancer moved is never moved back to
-the node it left, in any mode: a return undoes the first migration and both
+a node it left, in any mode: a return undoes the first migration and both
 were bought for nothing. Loads drift back and forth over a day; four hours
 covers the swings the benchmark days show (docs/benchmarks.md)."""
+
+RETURN_MEMORY = 24 * 3600.0
+"""How long the balancer remembers every node it moved a guest off. Past
+`RETURN_BLOCK`, a return is still the last resort: a relief plan that
+sends no guest back to a node it left that day is preferred to one that
+does, and a proactive move (never needed for relief) does not send a guest
+back at all. Loads follow the day: the node a guest left in this morning's
+peak is often the coolest one in the evening, and a return then undoes the
+morning's migration (docs/policy.md)."""
 
 PROACTIVE_HYSTERESIS = 0.02
 """A node armed for proactive spread stays armed until its memory fraction is
@@ -72,8 +81,8 @@ class PolicyState:
     guesses about which VM is busiest, so it waits. `pressure_since` is, per
     node, since when its memory has been at risk (`track_memory_pressure`):
     proactive spread waits until that has lasted `proactive_hold`.
-    `came_from[vmid]` is the node a guest left by the balancer's last move
-    of it and when (`RETURN_BLOCK`)."""
+    `came_from[vmid]` maps every node the balancer moved a guest off within
+    `RETURN_MEMORY` to when it last did (`RETURN_BLOCK`)."""
 
     cooldown_until: Mapping[int, float] = field(default_factory=dict)
     unmovable: frozenset[int] = frozenset()
@@ -82,7 +91,7 @@ class PolicyState:
     settle_after: str = ""
     warming: frozenset[int] = frozenset()
     pressure_since: Mapping[str, float] = field(default_factory=dict)
-    came_from: Mapping[int, tuple[str, float]] = field(default_factory=dict)
+    came_from: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
 
 # --- sanitised numbers -------------------------------------------------------
@@ -343,11 +352,12 @@ def _evaluate(
     view: _View, mode: Mode, guest: Guest, source: _Load, target: _Load, state: PolicyState
 ) -> Migration | _Rejection:
     """All favourable-outcome checks for moving `guest` from `source` to `target`."""
-    origin = state.came_from.get(guest.vmid)
-    if origin is not None and origin[0] == target.name and \
-            not view.snapshot.time - origin[1] >= RETURN_BLOCK:
-        return _Rejection(f"vm {guest.vmid} would return to {target.name}, which it left "
-                          f"{max(0.0, view.snapshot.time - origin[1]) / 60:.0f} min ago")
+    left_at = state.came_from.get(guest.vmid, {}).get(target.name)
+    if left_at is not None:
+        ago = view.snapshot.time - left_at
+        if not ago >= RETURN_BLOCK or (mode is Mode.PROACTIVE and not ago >= RETURN_MEMORY):
+            return _Rejection(f"vm {guest.vmid} would return to {target.name}, which it left "
+                              f"{max(0.0, ago) / 60:.0f} min ago")
     clash = _anti_affine(view, guest, target)
     if clash is not None:
         return _Rejection(clash)
@@ -400,6 +410,13 @@ def _benefit(view: _View, mode: Mode, guest: Guest, source: _Load) -> float:
     if mode is Mode.CPU:
         return view.share(guest, source)
     return _bytes(guest.mem) / source.maxmem if source.maxmem > 0 else 0.0
+
+
+def _returns(move: Migration, view: _View, state: PolicyState) -> bool:
+    """Whether `move` sends its guest back to a node the balancer moved it
+    off within `RETURN_MEMORY`."""
+    left_at = state.came_from.get(move.vmid, {}).get(move.target)
+    return left_at is not None and not view.snapshot.time - left_at >= RETURN_MEMORY
 
 
 def _resting(guest: Guest, view: _View, state: PolicyState) -> bool:
@@ -483,6 +500,7 @@ def _try_source(
 
     first: _Rejection | None = None
     idle: _Rejection | None = None
+    passing: list[Migration] = []
     for guest in movable:
         benefit = _benefit(view, mode, guest, source)
         if benefit < MIN_BENEFIT:
@@ -497,14 +515,46 @@ def _try_source(
         for target in targets:
             outcome = _evaluate(view, mode, guest, source, target, state)
             if isinstance(outcome, Migration):
-                return outcome
+                passing.append(outcome)
+                break
             blocked.append(outcome.text)
-        if first is None:
-            # the best candidate's blockers, least utilised target first
-            shown = "; ".join(blocked[:_SHOWN_TARGETS])
-            more = len(blocked) - _SHOWN_TARGETS
-            first = _Rejection(shown + (f"; {more} more targets blocked" if more > 0 else ""))
+        else:
+            if first is None:
+                # the best candidate's blockers, least utilised target first
+                shown = "; ".join(blocked[:_SHOWN_TARGETS])
+                more = len(blocked) - _SHOWN_TARGETS
+                first = _Rejection(shown + (f"; {more} more targets blocked" if more > 0 else ""))
+    if passing:
+        return _cheapest_ending(view, mode, passing)
     return first or idle or _Rejection(f"no movable vm on {source.name}")
+
+
+def _cheapest_ending(view: _View, mode: Mode, passing: Sequence[Migration]) -> Migration:
+    """Of the moves that pass every check (one per guest, in the order the
+    guests were drawn), the one that ends the trigger alone and copies the
+    least memory; where none ends it, the one that relieves the source most,
+    so the moves still needed are as few as they can be. The draw order
+    (random, the seed's rule) breaks ties.
+
+    Taking the first guest drawn, as before, moved a small guest first on
+    the memory-heavy day (0.73 -> 0.72) and a second one off the same node
+    a cycle later: two migrations where one did (docs/policy.md)."""
+    ending = [m for m in passing if _ends_memory_trigger(view, mode, m.source_after)]
+    if ending:
+        return min(ending, key=lambda m: m.target_after.mem - m.target_before.mem)
+    return min(passing, key=lambda m: m.source_after.mem)
+
+
+def _ends_memory_trigger(view: _View, mode: Mode, left: Usage) -> bool:
+    """Whether a source left at `left` no longer needs a move of this mode:
+    under `memory_max` (memory mode), or disarmed, that is clear of the
+    proactive threshold or of the risk band by `PROACTIVE_HYSTERESIS`
+    (proactive mode)."""
+    config = view.config
+    if mode is Mode.MEMORY:
+        return not left.mem_fraction > config.memory_max
+    line = max(view.memory_threshold, _risk_floor(view)) - PROACTIVE_HYSTERESIS
+    return left.mem_fraction < line
 
 
 # --- CPU relief as a plan ---------------------------------------------------
@@ -601,7 +651,9 @@ class _Search:
     that is not hot, and buys nothing if the later moves never happen); then
     the fewest guests the balancer moved within `PROACTIVE_REST` (the guest
     cheapest to copy would otherwise be passed round the cluster, paying a
-    migration each time and coming back where it was); then one that leaves
+    migration each time and coming back where it was); then the fewest
+    guests sent back to a node the balancer moved them off within
+    `RETURN_MEMORY` (such a move undoes an earlier one); then one that leaves
     the source at or below `cpu_max - safety_margin`, the line targets must
     keep too (a source left just under `cpu_max` is back above it with the
     next burst); then the least memory copied, since a live migration's
@@ -653,7 +705,9 @@ class _Search:
         copied = sum(m.target_after.mem - m.target_before.mem for m in moves)
         view, state = self.view, self.state
         moved_again = sum(1 for m in moves if _resting_vmid(m.vmid, view, state))
-        key = (cascades, moved_again, current.cpu > view.cpu_limit + _EPS, copied, order)
+        returns = sum(1 for m in moves if _returns(m, view, state))
+        key = (cascades, moved_again, current.cpu > view.cpu_limit + _EPS, returns, copied,
+               order)
         if self.best is not None and not key < self.best[0]:
             return
         plan = _Plan(source=self.source, moves=tuple(moves), end_cpu=current.cpu,

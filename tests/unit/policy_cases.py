@@ -8,6 +8,7 @@ in exactly the detail the rule is about. Node CPU figures double as the EMA
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 
 from pve_balancer.config import Config
@@ -146,7 +147,21 @@ PRO_NODES = (node("pve1", 0.3, 48), node("pve2", 0.3, 19.2), node("pve3", 0.3, 2
 PRO = cluster(PRO_NODES, MEM_GUESTS)
 ARMED_SINCE = {f"pve{i}": NOW - 300 for i in range(1, 5)}
 ARMED = PolicyState(pressure_since=ARMED_SINCE)
-ANY_BAND = Config(proactive_band=0.5)  # rules about the threshold, not the risk band
+ANY_BAND = Config(proactive_band=0.5)
+
+
+def _first_drawn(vmids: list[int], wanted: int) -> int:
+    """A seed whose first shuffle of `vmids` (the movable guests of one
+    source, in vmid order) puts `wanted` first."""
+    for seed in range(1000):
+        order = list(vmids)
+        random.Random(seed).shuffle(order)
+        if order[0] == wanted:
+            return seed
+    raise AssertionError(f"no seed draws {wanted} first")
+
+
+SMALL_FIRST_SEED = _first_drawn([201, 202], 202)  # rules about the threshold, not the risk band
 
 # Cascade: pve1 at 0.86 needs 0.06; its movable 103 (0.08) fits neither
 # pve2 (room 0.05 below 0.75) nor pve3 (0.03). pve2's 301 (0.03; 300 is
@@ -612,8 +627,63 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "a_moved_guest_never_returns_to_the_node_it_left_within_return_block",
-        Case(CPU, (102, "pve3"), state=PolicyState(came_from={102: ("pve2", NOW - 3600)})),
-        Case(CPU, (102, "pve2"), state=PolicyState(came_from={102: ("pve2", NOW - 4 * 3600)})),
+        Case(CPU, (102, "pve3"), state=PolicyState(came_from={102: {"pve2": NOW - 3600}})),
+        Case(CPU, (102, "pve2"), state=PolicyState(came_from={102: {"pve2": NOW - 24 * 3600}})),
+    ),
+    Rule(
+        # not only the last node it left: 102 left pve2, then pve3
+        "a_moved_guest_never_returns_to_any_node_it_left_within_return_block",
+        Case(CPU, (104, "pve2"),
+             state=PolicyState(came_from={102: {"pve2": NOW - 3600, "pve3": NOW - 1800}})),
+        Case(CPU, (102, "pve2"),
+             state=PolicyState(came_from={102: {"pve2": NOW - 24 * 3600,
+                                                "pve3": NOW - 1800}})),
+    ),
+    Rule(
+        # past the block, a return is the last resort of a relief plan
+        "a_relief_plan_prefers_moves_that_send_no_guest_back_within_return_memory",
+        Case(CPU, (104, "pve2"),
+             state=PolicyState(came_from={102: {"pve2": NOW - 5 * 3600,
+                                                "pve3": NOW - 5 * 3600}})),
+        Case(CPU, (102, "pve2"),
+             state=PolicyState(came_from={102: {"pve2": NOW - 5 * 3600,
+                                                "pve3": NOW - 5 * 3600}},
+                               cooldown_until={104: NOW + 60})),
+    ),
+    Rule(
+        "a_proactive_move_never_returns_a_guest_within_return_memory",
+        Case(PRO, (201, "pve3"), mode=Mode.PROACTIVE,
+             state=replace(ARMED, came_from={201: {"pve2": NOW - 5 * 3600}})),
+        Case(PRO, (201, "pve2"), mode=Mode.PROACTIVE,
+             state=replace(ARMED, came_from={201: {"pve2": NOW - 24 * 3600}})),
+    ),
+    Rule(
+        # 202 (2 GiB) is drawn first with this seed but leaves pve1 at
+        # 0.72, still armed; 201 (8 GiB) disarms it in one move. Without
+        # 201 (cooldown), the partial move is still made.
+        "a_memory_move_that_ends_the_trigger_alone_is_taken_before_one_that_does_not",
+        Case(cluster(PRO_NODES, (*MEM_GUESTS, vm(202, "pve1", 0.1, vcpus=2, mem_gib=2))),
+             (201, "pve2"), mode=Mode.PROACTIVE, state=ARMED, seed=SMALL_FIRST_SEED),
+        Case(cluster(PRO_NODES, (*MEM_GUESTS, vm(202, "pve1", 0.1, vcpus=2, mem_gib=2))),
+             (202, "pve2"), mode=Mode.PROACTIVE, seed=SMALL_FIRST_SEED,
+             state=replace(ARMED, cooldown_until={201: NOW + 60})),
+    ),
+    Rule(
+        # 201 (8 GiB) and 203 (6 GiB) both disarm pve1 alone
+        "of_the_memory_moves_that_end_the_trigger_the_least_memory_copied",
+        Case(cluster(PRO_NODES, (*MEM_GUESTS, vm(203, "pve1", 0.1, vcpus=2, mem_gib=6))),
+             (203, "pve2"), mode=Mode.PROACTIVE, state=ARMED),
+        Case(PRO, (201, "pve2"), mode=Mode.PROACTIVE, state=ARMED),
+    ),
+    Rule(
+        # neither 201 (4 GiB) nor 202 (2 GiB) disarms pve1 alone: the larger
+        # first, so the fewest moves follow
+        "without_a_move_that_ends_the_trigger_the_one_that_relieves_most",
+        Case(cluster(PRO_NODES, (vm(201, "pve1", 0.1, vcpus=2, mem_gib=4),
+                                 vm(202, "pve1", 0.1, vcpus=2, mem_gib=2))),
+             (201, "pve2"), mode=Mode.PROACTIVE, state=ARMED, seed=SMALL_FIRST_SEED),
+        Case(cluster(PRO_NODES, (vm(202, "pve1", 0.1, vcpus=2, mem_gib=2),)),
+             (202, "pve2"), mode=Mode.PROACTIVE, state=ARMED, seed=SMALL_FIRST_SEED),
     ),
     Rule(
         "memory_move_must_not_flip_past_midpoint_in_bytes",

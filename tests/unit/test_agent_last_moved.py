@@ -9,7 +9,7 @@ real client); what the agent asked is read from the simulator's request log.
 from __future__ import annotations
 
 from pve_balancer.config import Config
-from pve_balancer.policy import PROACTIVE_REST
+from pve_balancer.policy import PROACTIVE_REST, RETURN_MEMORY
 from tests.term_start import first_decision
 
 from .test_agent_cycle import lab_with, memory_hot, refuse_migrations, vmid_of
@@ -50,3 +50,23 @@ def test_no_post_no_record() -> None:
     a = lab.agent
     assert "dry run, not started" in first_decision(a).sentence
     assert lab.requests("POST") == [] and a.last_moved == {}
+
+
+def test_every_node_a_guest_left_is_remembered_for_the_return_memory() -> None:
+    """`came_from` keeps each node the balancer moved a guest off, not only
+    the last, for `RETURN_MEMORY`; a later move off another node adds to it."""
+    lab = lab_with(memory_hot(), config=Config(seed=3, vm_cooldown=60))
+    a = lab.agent
+    assert "started task" in first_decision(a).sentence
+    [post] = lab.migrate_posts()
+    posted_at, vmid = post.time, vmid_of(post)
+    source = post.path.split("/")[2]
+    assert a._policy_state(posted_at).came_from == {vmid: {source: posted_at}}
+    a.came_from[vmid]["pve9"] = posted_at + 3600  # a later move off another node
+    state = a._policy_state(posted_at + RETURN_MEMORY - 1)
+    assert state.came_from == {vmid: {source: posted_at, "pve9": posted_at + 3600}}
+    # each node is forgotten on its own once the memory is over
+    state = a._policy_state(posted_at + RETURN_MEMORY)
+    assert state.came_from == {vmid: {"pve9": posted_at + 3600}}
+    assert a._policy_state(posted_at + 3600 + RETURN_MEMORY).came_from == {}
+    assert a.came_from == {}

@@ -29,6 +29,7 @@ from pve_balancer.policy import (
     PROACTIVE_HYSTERESIS,
     PROACTIVE_REST,
     RETURN_BLOCK,
+    RETURN_MEMORY,
     SATURATED,
     PolicyState,
     decide,
@@ -210,8 +211,10 @@ def situations(
                     for v in vmids if draw(st.integers(0, 3)) == 3},
         pressure_since={n.name: NOW - draw(st.sampled_from([0.0, 299.0, 300.0, 3600.0]))
                         for n in snapshot.nodes if draw(st.booleans())},
-        came_from={v: (draw(st.sampled_from([n.name for n in snapshot.nodes])),
-                       NOW - draw(st.sampled_from([0.0, RETURN_BLOCK - 1, RETURN_BLOCK])))
+        came_from={v: {draw(st.sampled_from([n.name for n in snapshot.nodes])):
+                       NOW - draw(st.sampled_from([0.0, RETURN_BLOCK - 1, RETURN_BLOCK,
+                                                   RETURN_MEMORY - 1]))
+                       for _ in range(draw(st.integers(1, 2)))}
                    for v in vmids if draw(st.integers(0, 3)) == 3},
     )
     return snapshot, estimates, config, state
@@ -270,9 +273,12 @@ def _assert_legal(
     assert math.isclose(m.target_after.cpu, target_cpu + share, abs_tol=EPS)
     assert m.target_after.cpu <= config.cpu_max - config.safety_margin + EPS
 
-    # never back to the node the guest left within the return block
-    origin = state.came_from.get(guest.vmid)
-    assert origin is None or origin[0] != target.name or snapshot.time - origin[1] >= RETURN_BLOCK
+    # never back to a node the guest left within the return block; a
+    # proactive move not within the return memory either
+    left_at = state.came_from.get(guest.vmid, {}).get(target.name)
+    if left_at is not None:
+        assert snapshot.time - left_at >= RETURN_BLOCK
+        assert m.mode is not Mode.PROACTIVE or snapshot.time - left_at >= RETURN_MEMORY
 
     # the mode fired legitimately, never a flip, a real gain
     source_cpu = estimates.node_cpu.get(source.name, source.cpu)
@@ -416,7 +422,7 @@ def crowded(draw: st.DrawFn) -> tuple[Snapshot, Estimates, Config, PolicyState]:
     state = PolicyState(
         last_moved={v: NOW - draw(st.sampled_from([600.0, PROACTIVE_REST]))
                     for v in vmids if draw(st.integers(0, 2)) == 2},
-        came_from={v: (draw(st.sampled_from([n.name for n in nodes])), NOW - 600.0)
+        came_from={v: {draw(st.sampled_from([n.name for n in nodes])): NOW - 600.0}
                    for v in vmids if draw(st.integers(0, 3)) == 3},
     )
     return snapshot, estimates, Config(), state
