@@ -291,9 +291,12 @@ class Agent:
         """Every migration in the cluster counts, not only the one this term
         follows: one that ended (task list, or a guest seen on another node
         or out of its migrate lock since the last cycle) starts the settle
-        pause, and a guest moved within `vm_cooldown` by anyone is in
-        cooldown. This is what a restarted or newly elected leader knows
-        before its first decision."""
+        pause, a guest moved within `vm_cooldown` by anyone is in cooldown,
+        and the node a migration task ran on (the node the guest left) joins
+        the guest's `came_from` for `RETURN_MEMORY`. This is what a restarted
+        or newly elected leader knows before its first decision, so a guest
+        the last term moved, or an operator took off a node, is not sent
+        back at once."""
         self._settle_after_ended(tasks, now)
         self._ha_waiting = self._ha_pending(tasks, now)
         placement = {g.vmid: (g.node, g.lock == "migrate") for g in snapshot.guests}
@@ -304,12 +307,16 @@ class Agent:
             self.settle_until = max(self.settle_until, now + STATS_SETTLE)
             self.settle_after = f"the migration of vm {moved[0]}"
         for t in tasks:
-            if t.kind in MIGRATION_TASK_TYPES and t.vmid.isdigit() and \
-                    now - t.starttime < config.vm_cooldown:
-                vmid = int(t.vmid)
+            if t.kind not in MIGRATION_TASK_TYPES or not t.vmid.isdigit():
+                continue
+            vmid = int(t.vmid)
+            if now - t.starttime < config.vm_cooldown:
                 until = min(t.starttime, now) + config.vm_cooldown
                 if self.cooldown_until.get(vmid, 0.0) < until:
                     self.cooldown_until[vmid] = until
+            if now - t.starttime < RETURN_MEMORY and (t.running or t.exitstatus == "OK"):
+                left = self.came_from.setdefault(vmid, {})
+                left[t.node] = max(left.get(t.node, t.starttime), min(t.starttime, now))
 
     def _ha_pending(self, tasks: tuple[Task, ...], now: float) -> str | None:
         """An HA migration requested (by anyone) whose real move has not

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pve_balancer.config import Config
 from pve_balancer.policy import PROACTIVE_REST, RETURN_MEMORY
+from simlab.inprocess import InProcessLab as Lab
+from simlab.inprocess import make_lab
 from tests.term_start import first_decision
 
 from .test_agent_cycle import lab_with, memory_hot, refuse_migrations, vmid_of
@@ -70,3 +72,21 @@ def test_every_node_a_guest_left_is_remembered_for_the_return_memory() -> None:
     assert state.came_from == {vmid: {"pve9": posted_at + 3600}}
     assert a._policy_state(posted_at + 3600 + RETURN_MEMORY).came_from == {}
     assert a.came_from == {}
+
+
+def test_a_new_term_learns_from_the_task_list_which_node_a_guest_left() -> None:
+    """A migration nobody in this process made (an operator's, or the
+    previous leader's) puts its source in `came_from`, from the task list,
+    before the new term's first decision: the return block survives a
+    failover and respects an operator's evacuation."""
+    lab = make_lab(memory_hot(), Config(seed=3))
+    source = lab.sim.guest(101).node
+    target = next(n for n in ("pve2", "pve3") if n != source)
+    assert lab.sim.migrate(101, target, online=True).startswith("UPID:")
+    assert lab.run_until(lambda: lab.sim.running_migration(101) is None, limit=900)
+    [task] = [t for t in lab.sim.tasks if t.type == "qmigrate" and t.id == "101"]
+    successor = Lab.attach(lab.sim, Config(seed=3), node=target)
+    first_decision(successor.agent)
+    left = successor.agent._policy_state(successor.sim.now).came_from.get(101, {})
+    assert left.get(source) == task.starttime, left
+    assert target not in left
