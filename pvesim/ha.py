@@ -422,6 +422,30 @@ class HaManager:
                     used[g.node] = (c + g.vcpus, m + g.maxmem)
         return used
 
+    def _node_fractions(
+        self,
+        used: dict[str, tuple[float, float]],
+        static: bool,
+        shift: tuple[Guest, str, str] | None = None,
+    ) -> dict[str, tuple[float, float]]:
+        """(CPU fraction, memory fraction) per node in the CRS view; `shift`
+        = (guest, from, to) estimates a move with the guest's own usage."""
+        nodes = self.w.nodes
+        gc = gm = 0.0
+        src = dst = ""
+        if shift is not None:
+            g, src, dst = shift
+            gc, gm = self._guest_usage(g, static)
+        out: dict[str, tuple[float, float]] = {}
+        for name, (cpu0, mem0) in used.items():
+            cpu, mem = cpu0, mem0
+            if name == src:
+                cpu, mem = max(0.0, cpu - gc), max(0.0, mem - gm)
+            elif name == dst:
+                cpu, mem = cpu + gc, mem + gm
+            out[name] = (cpu / nodes[name].cores, mem / nodes[name].memory)
+        return out
+
     def _node_loads(
         self,
         used: dict[str, tuple[float, float]],
@@ -429,23 +453,49 @@ class HaManager:
         shift: tuple[Guest, str, str] | None = None,
     ) -> dict[str, float]:
         """CRS view of node load, as PVE's resource scheduler computes it:
-        the mean of the node's CPU fraction and memory fraction; `shift` =
-        (guest, from, to) estimates a move with the guest's own usage."""
-        nodes = self.w.nodes
-        out: dict[str, float] = {}
-        gc = gm = 0.0
-        src = dst = ""
-        if shift is not None:
-            g, src, dst = shift
-            gc, gm = self._guest_usage(g, static)
-        for name, (cpu0, mem0) in used.items():
-            cpu, mem = cpu0, mem0
-            if name == src:
-                cpu, mem = max(0.0, cpu - gc), max(0.0, mem - gm)
-            elif name == dst:
-                cpu, mem = cpu + gc, mem + gm
-            out[name] = (cpu / nodes[name].cores + mem / nodes[name].memory) / 2
-        return out
+        the mean of the node's CPU fraction and memory fraction."""
+        return {n: (c + m) / 2 for n, (c, m) in self._node_fractions(used, static, shift).items()}
+
+    @staticmethod
+    def _topsis_best(alternatives: list[list[float]]) -> int:
+        """Index of the best alternative by TOPSIS with PVE's criteria, all to
+        be minimised: RMS of node CPU fractions (weight 1), highest CPU
+        fraction (2), RMS of memory fractions (5), highest memory fraction
+        (10), each plus 1. Columns are scaled by their L2 norm, the weights
+        by their sum; the score is the distance to the worst ideal over the
+        sum of both distances; the first of equal scores wins."""
+        weights = [w / 18 for w in (1.0, 2.0, 5.0, 10.0)]
+        cols = list(zip(*alternatives, strict=True))
+        norms = [sum(v * v for v in col) ** 0.5 for col in cols]
+        matrix = [
+            [v / nrm if nrm else v for v, nrm in zip(row, norms, strict=True)]
+            for row in alternatives
+        ]
+        best = [min(col) for col in zip(*matrix, strict=True)]
+        worst = [max(col) for col in zip(*matrix, strict=True)]
+
+        def dist(row: list[float], ideal: list[float]) -> float:
+            return (
+                sum((w * (v - i)) ** 2 for v, i, w in zip(row, ideal, weights, strict=True)) ** 0.5
+            )
+
+        scores = []
+        for row in matrix:
+            d_best, d_worst = dist(row, best), dist(row, worst)
+            scores.append(d_worst / (d_best + d_worst) if d_best + d_worst else 0.0)
+        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+    @staticmethod
+    def _topsis_row(fractions: dict[str, tuple[float, float]]) -> list[float]:
+        cpu = [c for c, _ in fractions.values()]
+        mem = [m for _, m in fractions.values()]
+        n = len(cpu)
+        return [
+            1 + (sum(c * c for c in cpu) / n) ** 0.5,
+            1 + max(cpu),
+            1 + (sum(m * m for m in mem) / n) ** 0.5,
+            1 + max(mem),
+        ]
 
     @staticmethod
     def _imbalance(loads: dict[str, float]) -> float:
@@ -462,9 +512,10 @@ class HaManager:
         return float(var**0.5 / mean / (len(vals) - 1) ** 0.5)
 
     def _crs_rebalance(self) -> None:
-        """PVE's `ha-auto-rebalance` with the bruteforce method: when the
-        node imbalance stays above the threshold for `hold-duration` rounds,
-        move the one HA guest whose move lowers it most, if it improves by
+        """PVE's `ha-auto-rebalance`: when the node imbalance stays above
+        the threshold for `hold-duration` rounds, move the one HA guest whose
+        move lowers it most (`bruteforce`) or whose resulting cluster TOPSIS
+        ranks first (`topsis`), if that lowers the imbalance by
         at least `margin` (relative). Only in `static` and `dynamic` mode;
         the differences from pve-ha-manager are listed in docs/simulator.md."""
         w = self.w
@@ -488,7 +539,7 @@ class HaManager:
         )
         if self._imbalance_rounds < hold or busy:
             return
-        best: tuple[float, int, str] | None = None
+        candidates: list[tuple[Guest, str]] = []
         for g in sorted(w.guests.values(), key=lambda x: x.vmid):
             if not g.ha or not g.running or g.lock or g.node not in loads:
                 continue
@@ -504,6 +555,17 @@ class HaManager:
                     for r in self.rules
                 ):
                     continue
+                candidates.append((g, dst))
+        best: tuple[float, int, str] | None = None
+        if candidates and str(crs.get("ha-auto-rebalance-method", "bruteforce")) == "topsis":
+            rows = [
+                self._topsis_row(self._node_fractions(used, static, (g, g.node, dst)))
+                for g, dst in candidates
+            ]
+            g, dst = candidates[self._topsis_best(rows)]
+            best = (self._imbalance(self._node_loads(used, static, (g, g.node, dst))), g.vmid, dst)
+        else:
+            for g, dst in candidates:
                 imb = self._imbalance(self._node_loads(used, static, (g, g.node, dst)))
                 if best is None or imb < best[0]:
                     best = (imb, g.vmid, dst)

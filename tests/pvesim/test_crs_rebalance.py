@@ -103,3 +103,27 @@ def test_static_mode_balances_configured_size_not_measured_use() -> None:
 def test_basic_mode_never_rebalances() -> None:
     crs = {"ha": "basic", "ha-auto-rebalance": 1, "ha-auto-rebalance-threshold": 1}
     assert rebalanced(four_nodes(crs, hot_cpu=6.0)) == []
+
+
+def test_topsis_prefers_lower_memory_to_lower_cpu() -> None:
+    # rows: 1 + RMS cpu, 1 + max cpu, 1 + RMS memory, 1 + max memory
+    dominated = [1.5, 1.9, 1.5, 1.9]
+    dominating = [1.4, 1.8, 1.4, 1.8]
+    assert HaManager._topsis_best([dominated, dominating]) == 1
+    # A is as much better on CPU as B is on memory: memory weighs 15 of 18
+    a = [1.2, 1.4, 1.5, 1.7]
+    b = [1.5, 1.7, 1.2, 1.4]
+    assert HaManager._topsis_best([a, b]) == 1
+    assert HaManager._topsis_best([b, a]) == 0
+    assert HaManager._topsis_best([a, a]) == 0  # equal scores: the first
+
+
+def test_topsis_method_moves_a_guest_off_the_hot_node() -> None:
+    crs = {
+        "ha": "dynamic",
+        "ha-auto-rebalance": 1,
+        "ha-auto-rebalance-method": "topsis",
+        "ha-auto-rebalance-threshold": 10,
+    }
+    moved = rebalanced(four_nodes(crs))
+    assert len(moved) >= 1 and moved[0][0] in (101, 102) and moved[0][1] != "pve1"
