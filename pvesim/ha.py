@@ -10,7 +10,8 @@ maintenance mode moves HA guests away and back; a node lost for
 from the cluster resets itself by watchdog after `self_fence_delay`. The
 CRS places a guest on the allowed node with the lowest memory use (static
 mode), and with `ha-auto-rebalance` on moves one guest per round when the
-load imbalance stays above its threshold (a simple model of PVE 9.1's).
+load imbalance stays above its threshold (a model of pve-ha-manager 5.2's,
+compared with its source in docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -398,27 +399,109 @@ class HaManager:
     def _auto_rebalance_on(self) -> bool:
         return str(self._crs().get("ha-auto-rebalance", 0)) in ("1", "True", "true")
 
-    def _node_loads(self, shift: tuple[Guest, str, str] | None = None) -> dict[str, float]:
-        """CRS view of node load: mean of published CPU and memory fraction;
-        `shift` = (guest, from, to) estimates a move."""
-        loads: dict[str, float] = {}
+    def _guest_usage(self, g: Guest, static: bool) -> tuple[float, float]:
+        """(cores, bytes) a guest puts on its node in the CRS view: its
+        configured vCPUs and memory in `static` mode, its published use in
+        `dynamic` mode (PVE's Usage::Static / Usage::Dynamic)."""
+        if static:
+            return float(g.vcpus), float(g.maxmem)
+        return g.pub_cpu * g.vcpus, float(g.pub_memhost)
+
+    def _node_used(self, static: bool) -> dict[str, tuple[float, float]]:
+        """(cores, bytes) used per online node in the CRS view: in `static`
+        mode the configured vCPUs and memory of the running guests (HA or
+        not), in `dynamic` mode the node's published use."""
+        used: dict[str, tuple[float, float]] = {}
         for n in self.w.nodes.values():
-            if not n.reachable or n.maintenance:
-                continue
-            cpu = n.pub_cpu * n.cores
-            mem = float(n.pub_mem)
-            if shift is not None:
-                g, src, dst = shift
-                gc = g.pub_cpu * g.vcpus
-                if n.name == src:
-                    cpu, mem = cpu - gc, mem - g.pub_memhost
-                elif n.name == dst:
-                    cpu, mem = cpu + gc, mem + g.pub_memhost
-            loads[n.name] = (cpu / n.cores + mem / n.memory) / 2
-        return loads
+            if n.reachable and not n.maintenance:
+                used[n.name] = (0.0, 0.0) if static else (n.pub_cpu * n.cores, float(n.pub_mem))
+        if static:
+            for g in self.w.guests.values():
+                if g.running and g.node in used:
+                    c, m = used[g.node]
+                    used[g.node] = (c + g.vcpus, m + g.maxmem)
+        return used
+
+    def _node_fractions(
+        self,
+        used: dict[str, tuple[float, float]],
+        static: bool,
+        shift: tuple[Guest, str, str] | None = None,
+    ) -> dict[str, tuple[float, float]]:
+        """(CPU fraction, memory fraction) per node in the CRS view; `shift`
+        = (guest, from, to) estimates a move with the guest's own usage."""
+        nodes = self.w.nodes
+        gc = gm = 0.0
+        src = dst = ""
+        if shift is not None:
+            g, src, dst = shift
+            gc, gm = self._guest_usage(g, static)
+        out: dict[str, tuple[float, float]] = {}
+        for name, (cpu0, mem0) in used.items():
+            cpu, mem = cpu0, mem0
+            if name == src:
+                cpu, mem = max(0.0, cpu - gc), max(0.0, mem - gm)
+            elif name == dst:
+                cpu, mem = cpu + gc, mem + gm
+            out[name] = (cpu / nodes[name].cores, mem / nodes[name].memory)
+        return out
+
+    def _node_loads(
+        self,
+        used: dict[str, tuple[float, float]],
+        static: bool,
+        shift: tuple[Guest, str, str] | None = None,
+    ) -> dict[str, float]:
+        """CRS view of node load, as PVE's resource scheduler computes it:
+        the mean of the node's CPU fraction and memory fraction."""
+        return {n: (c + m) / 2 for n, (c, m) in self._node_fractions(used, static, shift).items()}
+
+    @staticmethod
+    def _topsis_best(alternatives: list[list[float]]) -> int:
+        """Index of the best alternative by TOPSIS with PVE's criteria, all to
+        be minimised: RMS of node CPU fractions (weight 1), highest CPU
+        fraction (2), RMS of memory fractions (5), highest memory fraction
+        (10), each plus 1. Columns are scaled by their L2 norm, the weights
+        by their sum; the score is the distance to the worst ideal over the
+        sum of both distances; the first of equal scores wins."""
+        weights = [w / 18 for w in (1.0, 2.0, 5.0, 10.0)]
+        cols = list(zip(*alternatives, strict=True))
+        norms = [sum(v * v for v in col) ** 0.5 for col in cols]
+        matrix = [
+            [v / nrm if nrm else v for v, nrm in zip(row, norms, strict=True)]
+            for row in alternatives
+        ]
+        best = [min(col) for col in zip(*matrix, strict=True)]
+        worst = [max(col) for col in zip(*matrix, strict=True)]
+
+        def dist(row: list[float], ideal: list[float]) -> float:
+            return (
+                sum((w * (v - i)) ** 2 for v, i, w in zip(row, ideal, weights, strict=True)) ** 0.5
+            )
+
+        scores = []
+        for row in matrix:
+            d_best, d_worst = dist(row, best), dist(row, worst)
+            scores.append(d_worst / (d_best + d_worst) if d_best + d_worst else 0.0)
+        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+    @staticmethod
+    def _topsis_row(fractions: dict[str, tuple[float, float]]) -> list[float]:
+        cpu = [c for c, _ in fractions.values()]
+        mem = [m for _, m in fractions.values()]
+        n = len(cpu)
+        return [
+            1 + (sum(c * c for c in cpu) / n) ** 0.5,
+            1 + max(cpu),
+            1 + (sum(m * m for m in mem) / n) ** 0.5,
+            1 + max(mem),
+        ]
 
     @staticmethod
     def _imbalance(loads: dict[str, float]) -> float:
+        """PVE's node imbalance: the coefficient of variation of the node
+        loads divided by its upper bound sqrt(n - 1), so 0 is even and 1 is
+        all load on one node (proxmox-resource-scheduling)."""
         vals = list(loads.values())
         if len(vals) < 2:
             return 0.0
@@ -426,20 +509,27 @@ class HaManager:
         if mean <= 0:
             return 0.0
         var = sum((v - mean) ** 2 for v in vals) / len(vals)
-        return float(var**0.5 / mean)
+        return float(var**0.5 / mean / (len(vals) - 1) ** 0.5)
 
     def _crs_rebalance(self) -> None:
-        """A simple model of PVE 9.1's `ha-auto-rebalance`: when the node
-        imbalance (coefficient of variation of the CRS load) stays above
+        """PVE's `ha-auto-rebalance`: when the node imbalance stays above
         the threshold for `hold-duration` rounds, move the one HA guest whose
-        move lowers it most, if it improves by at least `margin` (relative)."""
+        move lowers it most (`bruteforce`) or whose resulting cluster TOPSIS
+        ranks first (`topsis`), if that lowers the imbalance by
+        at least `margin` (relative). Only in `static` and `dynamic` mode;
+        the differences from pve-ha-manager are listed in docs/simulator.md."""
         w = self.w
         crs = self._crs()
-        threshold = float(crs.get("ha-auto-rebalance-threshold", 0.3))
+        # threshold and margin are percentages in PVE's `crs` schema
+        threshold = float(crs.get("ha-auto-rebalance-threshold", 30)) / 100
         hold = float(crs.get("ha-auto-rebalance-hold-duration", 3))
-        margin = float(crs.get("ha-auto-rebalance-margin", 0.1))
-        loads = self._node_loads()
-        now_imb = self._imbalance(loads)
+        margin = float(crs.get("ha-auto-rebalance-margin", 10)) / 100
+        mode = str(crs.get("ha", "basic"))
+        static = mode == "static"
+        used = self._node_used(static)
+        loads = self._node_loads(used, static)
+        # the basic scheduler reports no imbalance, so nothing is balanced
+        now_imb = self._imbalance(loads) if mode in ("static", "dynamic") else 0.0
         if now_imb <= threshold:
             self._imbalance_rounds = 0
             return
@@ -449,7 +539,7 @@ class HaManager:
         )
         if self._imbalance_rounds < hold or busy:
             return
-        best: tuple[float, int, str] | None = None
+        candidates: list[tuple[Guest, str]] = []
         for g in sorted(w.guests.values(), key=lambda x: x.vmid):
             if not g.ha or not g.running or g.lock or g.node not in loads:
                 continue
@@ -465,7 +555,18 @@ class HaManager:
                     for r in self.rules
                 ):
                     continue
-                imb = self._imbalance(self._node_loads((g, g.node, dst)))
+                candidates.append((g, dst))
+        best: tuple[float, int, str] | None = None
+        if candidates and str(crs.get("ha-auto-rebalance-method", "bruteforce")) == "topsis":
+            rows = [
+                self._topsis_row(self._node_fractions(used, static, (g, g.node, dst)))
+                for g, dst in candidates
+            ]
+            g, dst = candidates[self._topsis_best(rows)]
+            best = (self._imbalance(self._node_loads(used, static, (g, g.node, dst))), g.vmid, dst)
+        else:
+            for g, dst in candidates:
+                imb = self._imbalance(self._node_loads(used, static, (g, g.node, dst)))
                 if best is None or imb < best[0]:
                     best = (imb, g.vmid, dst)
         if best is not None and (now_imb - best[0]) / now_imb >= margin:
