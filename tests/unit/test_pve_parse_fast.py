@@ -46,7 +46,9 @@ def reference_guest(entry: Mapping[str, Any]) -> Guest | None:
 MISSING = object()
 NUMBERS: list[object] = [
     MISSING, None, 0, 1, 2, -3, 0.0, -0.0, 0.5, 1.75, 1e19, -1e19, 10**19, math.nan, math.inf,
-    -math.inf, True, False, "4", "0.25", "nan", "x", "", [], {}]
+    -math.inf, True, False, "4", "0.25", "nan", "x", "", [], {},
+    *(sign * pve.NUMBER_LIMIT * factor for sign in (1, -1) for factor in (0.5, 1, 2)),
+    *(sign * int(pve.NUMBER_LIMIT) + delta for sign in (1, -1) for delta in (-1, 0, 1))]
 TEXTS: list[object] = [MISSING, None, "", "pve1", "vm 1", 7, 0, 1.5, True]
 CHOICES: dict[str, list[object]] = {
     "type": [MISSING, "qemu", "lxc", None, 3],
