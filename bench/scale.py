@@ -417,13 +417,14 @@ class _ReplayClock:
 
 
 def agent_rss(nodes: int, guests: int, cycles: int, every: int = 50,
-              warmup: int = 30) -> dict[str, Any]:
+              warmup: int = 30, attribute: bool = False) -> dict[str, Any]:
     """The agent alone over `cycles` full cycles (`Agent.run_cycle` with
     proxmoxer and requests, as in production) against recorded answers:
     `warmup` cycles against the simulator record every answer, then the
     simulator stands still and the recorded answers are served. The
-    process's RSS and the Python allocations of each package (tracemalloc,
-    from cycle 100 on) every `every` cycles."""
+    process's RSS every `every` cycles; with `attribute`, also the Python
+    allocations (tracemalloc from cycle 100 on, which slows every cycle)
+    and, at the end, which package's grew."""
     from bench import harness
     from pve_balancer.agent import Agent
     from pve_balancer.config import Config, ConfigSource
@@ -455,7 +456,7 @@ def agent_rss(nodes: int, guests: int, cycles: int, every: int = 50,
         for i in range(1, cycles + 1):
             sentences.add(agent.run_cycle().sentence.split(":")[0][:60])
             clock.sleep(config.interval)
-            if i == 100:
+            if attribute and i == 100:
                 tracemalloc.start()
                 first = tracemalloc.take_snapshot()
             if i % every == 0 or i in (1, cycles):
@@ -582,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-large", action="store_true", help="skip the 64-node sizes")
     ap.add_argument("--agent-rss-one", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--attribute", action="store_true",
-                    help="with --rss: which package's allocations grew (tracemalloc)")
+                    help="with --rss or --agent-rss: which package's allocations grew "
+                    "(tracemalloc)")
     ap.add_argument("--floor", nargs=2, type=int, metavar=("NODES", "GUESTS"),
                     help="only the decision's floor, on a body served at that size, for this "
                     "tree and each --compare tree in turn (--rounds times); JSON to --out")
@@ -611,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kind = "scale decision floor"
         else:
             result = _child("--agent-rss-one", args.agent_rss[0], args.agent_rss[1],
-                            "--rss-cycles", args.rss_cycles)
+                            "--rss-cycles", args.rss_cycles,
+                            *(["--attribute"] if args.attribute else []))
             kind = "scale agent RSS against recorded answers"
         doc = {"benchmark": kind,
                "command": "python bench/scale.py " + " ".join(
@@ -624,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
         return 0
     if args.agent_rss_one:
-        print(json.dumps(agent_rss(args.agent_rss_one[0], args.agent_rss_one[1], args.rss_cycles)))
+        print(json.dumps(agent_rss(args.agent_rss_one[0], args.agent_rss_one[1], args.rss_cycles,
+                                   attribute=args.attribute)))
         return 0
     if args.cycles < 5:
         ap.error("--cycles must be at least 5")

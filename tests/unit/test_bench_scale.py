@@ -55,7 +55,7 @@ def test_rss_curve_points() -> None:
 
 
 def test_agent_rss_serves_only_recorded_answers_after_warmup() -> None:
-    curve = scale.agent_rss(3, 10, 120, every=50, warmup=5)
+    curve = scale.agent_rss(3, 10, 120, every=50, warmup=5, attribute=True)
     assert [i for i, _ in curve["rss_mib"]] == [1, 50, 100, 120]
     assert curve["answers_recorded"] > 0
     assert curve["answers_not_recorded"] == 0  # nothing reached the simulator
