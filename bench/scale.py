@@ -466,12 +466,19 @@ def agent_rss(nodes: int, guests: int, cycles: int, every: int = 50,
                 points.append((i, round(_rss_bytes() / 2**20, 2)))
                 if tracemalloc.is_tracing():
                     traced.append((i, round(tracemalloc.get_traced_memory()[0] / 1024, 1)))
+        agent_lines: list[tuple[str, float]] = []
         if first is not None:
-            for stat in tracemalloc.take_snapshot().compare_to(first, "filename"):
+            last = tracemalloc.take_snapshot()
+            for stat in last.compare_to(first, "filename"):
                 name = str(stat.traceback[0].filename)
                 pkg = next((p for p in ("pve_balancer", "proxmoxer", "requests", "urllib3")
                             if f"/{p}/" in name), "other")
                 by_package[pkg] = by_package.get(pkg, 0.0) + stat.size_diff / 1024
+            ours = [stat for stat in last.compare_to(first, "lineno")
+                    if "/pve_balancer/" in str(stat.traceback[0].filename)]
+            agent_lines = [(f"{Path(stat.traceback[0].filename).name}:{stat.traceback[0].lineno}",
+                            round(stat.size_diff / 1024, 1))
+                           for stat in sorted(ours, key=lambda x: -x.size_diff)[:8]]
             tracemalloc.stop()
         wall = time.perf_counter() - t0
     after = [mib for i, mib in points if i >= 100] or [points[-1][1]]
@@ -483,6 +490,7 @@ def agent_rss(nodes: int, guests: int, cycles: int, every: int = 50,
             "traced_kib_from_cycle_100": traced,
             "allocation_growth_kib_by_package_after_150_cycles":
                 {k: round(v, 1) for k, v in sorted(by_package.items())},
+            "agent_lines_grown_kib_after_150_cycles": agent_lines,
             "wall_seconds": round(wall, 1)}
 
 
