@@ -34,6 +34,19 @@ Figures are reported absolute and as ratios to the smallest cluster
 machine; compare ratios, not absolute milliseconds, across machines.
 
     .venv/bin/python bench/scale.py [--cycles 60] [--out bench/results/scale.json]
+
+Two quicker parts alone, each writing its own JSON to `--out`:
+
+- `--floor NODES GUESTS [--compare TREE ...] [--rounds 2]`: only the
+  decision's floor, after 15 agent cycles, for this tree and each TREE
+  (another `pve_balancer`, e.g. `git archive COMMIT pve_balancer | tar -x
+  -C TREE`) in turn, each run in a fresh process on the same served body:
+  a change is measured before and after alternately on one machine;
+- `--agent-rss NODES GUESTS [--rss-cycles 1000]`: the agent alone, full
+  `Agent.run_cycle()` with its real client, against answers recorded from
+  the simulator during a warm-up and then replayed (the simulator stands
+  still, so what grows is the agent's): RSS and the allocations that grew,
+  by package, every 50 cycles.
 """
 
 from __future__ import annotations
@@ -222,6 +235,13 @@ def decision_floor(agent: Any, body: bytes, config: Any, now: float,
     work every time. Timed in CPU time of this process
     (`time.process_time`): the machine is shared, and other work would
     otherwise stretch the parts unevenly."""
+    template, _tasks = agent.env.sample(now)
+    return floor_parts(template, agent.estimator, body, config, repetitions)
+
+
+def floor_parts(template: Any, estimator: Any, body: bytes, config: Any,
+                repetitions: int = 25) -> dict[str, Any]:
+    """`decision_floor` on a given snapshot template and estimator."""
     clock = time.process_time
     import dataclasses
     import random
@@ -229,13 +249,12 @@ def decision_floor(agent: Any, body: bytes, config: Any, now: float,
     from pve_balancer.policy import PolicyState, decide
     from pve_balancer.pve import parse_resources
 
-    template, _tasks = agent.env.sample(now)
-    estimator = agent.estimator
     state = PolicyState()
     rng = random.Random(1)
     parts: dict[str, list[float]] = {"json_loads": [], "parse": [], "ema": [], "decide": []}
     floor: list[float] = []
     when = template.time
+    reason = ""
     for _ in range(repetitions):
         t0 = clock()
         json.loads(body)
@@ -250,7 +269,7 @@ def decision_floor(agent: Any, body: bytes, config: Any, now: float,
         estimator.observe(snapshot)
         estimates = estimator.estimates()
         t3 = clock()
-        decide(snapshot, estimates, config, state, rng)
+        reason = decide(snapshot, estimates, config, state, rng).reason
         t4 = clock()
         for key, dt in (("json_loads", t1 - t0), ("parse", t2 - t1), ("ema", t3 - t2),
                         ("decide", t4 - t3)):
@@ -261,7 +280,8 @@ def decision_floor(agent: Any, body: bytes, config: Any, now: float,
     total_ms = 1000 * statistics.median(total)
     return {"body_bytes": len(body), "json_loads_ms": round(floor_ms, 3),
             "decision_ms": round(total_ms, 3), "parts_ms": med,
-            "ratio_to_json_loads": round(total_ms / floor_ms, 2), "repetitions": repetitions}
+            "ratio_to_json_loads": round(total_ms / floor_ms, 2), "repetitions": repetitions,
+            "decision": reason[:160]}
 
 
 def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50,
@@ -291,6 +311,7 @@ def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50,
                 points.append((i, round(_rss_bytes() / 2**20, 1)))
             if attribute and i == 100:
                 tracemalloc.start()
+            if attribute and i == 150:  # every per-cycle object has been replaced once
                 first = tracemalloc.take_snapshot()
         if first is not None:
             for stat in tracemalloc.take_snapshot().compare_to(first, "filename"):
@@ -306,6 +327,170 @@ def rss_over_cycles(nodes: int, guests: int, cycles: int, every: int = 50,
             "growth_mib_after_100_cycles": round(after_warmup[-1] - after_warmup[0], 1),
             **({"allocation_growth_kib_by_package_after_100_cycles":
                 {k: round(v, 1) for k, v in sorted(growth.items())}} if attribute else {}),
+            "wall_seconds": round(wall, 1)}
+
+
+def agent_floor(nodes: int, guests: int, cycles: int = 15,
+                repetitions: int = 25) -> dict[str, Any]:
+    """`decision_floor` after `cycles` agent cycles against the benchmark
+    cluster (the simulator is deterministic: every run, whichever tree,
+    gets the same body), and which `pve_balancer` it timed."""
+    import pve_balancer
+    from bench import harness
+    from pve_balancer.config import Config
+    from simlab.inprocess import InProcessLab, simulator
+
+    with harness.quiet_agent_logs():
+        sim = simulator(cluster(nodes, guests), seed=0)
+        config = Config(dry_run=True, seed=1)
+        agent = InProcessLab.attach(sim, config).agent
+        body = [b""]
+        real = sim.handle
+
+        def keep(req: Any) -> Any:
+            resp = real(req)
+            if req.path.endswith("/cluster/resources"):
+                body[0] = resp.body
+            return resp
+
+        sim.handle = keep  # type: ignore[method-assign]
+        for _ in range(cycles):
+            agent.run_cycle()
+            sim.advance(config.interval)
+        out = decision_floor(agent, body[0], config, sim.now, repetitions)
+    out["code"] = str(Path(pve_balancer.__file__).resolve().parent.parent)
+    return out
+
+
+def alternate_floor(nodes: int, guests: int, trees: Sequence[Path], rounds: int,
+                    repetitions: int) -> dict[str, Any]:
+    """`agent_floor` with each tree in `trees` (a directory holding a
+    `pve_balancer` package, e.g. an export of another commit) in turn,
+    `rounds` times, each in a fresh process."""
+    runs = [_child("--floor-one", nodes, guests, "--code", tree, "--repetitions", repetitions)
+            for _ in range(rounds) for tree in trees]
+    return {"nodes": nodes, "guests": guests, "runs": runs}
+
+
+class _Replay:
+    """An API handler that records the simulator's answers, then serves
+    the recorded ones (keyed by method, path and parameters) instead of
+    asking it: the agent's cycles run with everything it talks to frozen,
+    so what grows is the agent's (and its client's)."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.answers: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+        self.replaying = False
+        self.served = 0
+        self.misses = 0
+
+    def handle(self, request: Any) -> Any:
+        key = (request.method, request.path, tuple(sorted(request.params.items())))
+        if self.replaying:
+            answer = self.answers.get(key)
+            if answer is not None:
+                self.served += 1
+                return answer
+            self.misses += 1
+        answer = self.sim.handle(request)
+        if not self.replaying:
+            self.answers[key] = answer
+        return answer
+
+
+class _ReplayClock:
+    """The simulator's clock during warm-up; afterwards time that only
+    moves (no physics), as the recorded answers do not change."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.frozen: float | None = None
+
+    def now(self) -> float:
+        return float(self.sim.now) if self.frozen is None else self.frozen
+
+    def sleep(self, seconds: float) -> None:
+        if self.frozen is None:
+            self.sim.advance(seconds)
+        else:
+            self.frozen += max(0.0, seconds)
+
+
+def agent_rss(nodes: int, guests: int, cycles: int, every: int = 50,
+              warmup: int = 30, attribute: bool = False) -> dict[str, Any]:
+    """The agent alone over `cycles` full cycles (`Agent.run_cycle` with
+    proxmoxer and requests, as in production) against recorded answers:
+    `warmup` cycles against the simulator record every answer, then the
+    simulator stands still and the recorded answers are served. The
+    process's RSS every `every` cycles; with `attribute`, also the Python
+    allocations (tracemalloc from cycle 100 on, which slows every cycle)
+    and, at the end, which package's grew since cycle 150 (by then every
+    allocation that lives for a cycle was made under tracing)."""
+    from bench import harness
+    from pve_balancer.agent import Agent
+    from pve_balancer.config import Config, ConfigSource
+    from pve_balancer.env import PveEnvironment
+    from pve_balancer.leadership import AlwaysLeader
+    from simlab.inprocess import attach_client, simulator
+
+    with harness.quiet_agent_logs():
+        sim = simulator(cluster(nodes, guests), seed=0)
+        config = Config(dry_run=True, seed=1)
+        replay = _Replay(sim)
+        node = sim.node_names[0]
+        client = attach_client(sim, node, handler=replay)
+        clock = _ReplayClock(sim)
+        env = PveEnvironment(node=node, connect=lambda: client, election=AlwaysLeader(),
+                             clock=clock)
+        agent = Agent(env, ConfigSource.fixed(config))
+        for _ in range(warmup):
+            agent.run_cycle()
+            clock.sleep(config.interval)
+        replay.replaying = True
+        clock.frozen = float(sim.now)
+        points: list[tuple[int, float]] = []
+        traced: list[tuple[int, float]] = []
+        by_package: dict[str, float] = {}
+        first: Any = None
+        sentences: set[str] = set()
+        t0 = time.perf_counter()
+        for i in range(1, cycles + 1):
+            sentences.add(agent.run_cycle().sentence.split(":")[0][:60])
+            clock.sleep(config.interval)
+            if attribute and i == 100:
+                tracemalloc.start()
+            if attribute and i == 150:  # every per-cycle object has been replaced once
+                first = tracemalloc.take_snapshot()
+            if i % every == 0 or i in (1, cycles):
+                points.append((i, round(_rss_bytes() / 2**20, 2)))
+                if tracemalloc.is_tracing():
+                    traced.append((i, round(tracemalloc.get_traced_memory()[0] / 1024, 1)))
+        agent_lines: list[tuple[str, float]] = []
+        if first is not None:
+            last = tracemalloc.take_snapshot()
+            for stat in last.compare_to(first, "filename"):
+                name = str(stat.traceback[0].filename)
+                pkg = next((p for p in ("pve_balancer", "proxmoxer", "requests", "urllib3")
+                            if f"/{p}/" in name), "other")
+                by_package[pkg] = by_package.get(pkg, 0.0) + stat.size_diff / 1024
+            ours = [stat for stat in last.compare_to(first, "lineno")
+                    if "/pve_balancer/" in str(stat.traceback[0].filename)]
+            agent_lines = [(f"{Path(stat.traceback[0].filename).name}:{stat.traceback[0].lineno}",
+                            round(stat.size_diff / 1024, 1))
+                           for stat in sorted(ours, key=lambda x: -x.size_diff)[:8]]
+            tracemalloc.stop()
+        wall = time.perf_counter() - t0
+    after = [mib for i, mib in points if i >= 100] or [points[-1][1]]
+    return {"nodes": nodes, "guests": guests, "cycles": cycles, "warmup_cycles": warmup,
+            "answers_recorded": len(replay.answers), "answers_not_recorded": replay.misses,
+            "answers_replayed": replay.served,
+            "sentences": sorted(sentences), "rss_mib_every": every, "rss_mib": points,
+            "rss_growth_mib_after_100_cycles": round(after[-1] - after[0], 2),
+            "traced_kib_from_cycle_100": traced,
+            "allocation_growth_kib_by_package_after_150_cycles":
+                {k: round(v, 1) for k, v in sorted(by_package.items())},
+            "agent_lines_grown_kib_after_150_cycles": agent_lines,
             "wall_seconds": round(wall, 1)}
 
 
@@ -407,9 +592,55 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the same at 10,000 guests, where the simulator's own physics "
                     "takes about 1 s per cycle (0: skip)")
     ap.add_argument("--no-large", action="store_true", help="skip the 64-node sizes")
+    ap.add_argument("--agent-rss-one", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--attribute", action="store_true",
-                    help="with --rss: which package's allocations grew (tracemalloc)")
+                    help="with --rss or --agent-rss: which package's allocations grew "
+                    "(tracemalloc)")
+    ap.add_argument("--floor", nargs=2, type=int, metavar=("NODES", "GUESTS"),
+                    help="only the decision's floor, on a body served at that size, for this "
+                    "tree and each --compare tree in turn (--rounds times); JSON to --out")
+    ap.add_argument("--compare", type=Path, action="append", default=[], metavar="TREE",
+                    help="with --floor: also a directory holding another pve_balancer "
+                    "(e.g. `git archive COMMIT pve_balancer | tar -x -C TREE`)")
+    ap.add_argument("--rounds", type=int, default=2, help="with --floor")
+    ap.add_argument("--repetitions", type=int, default=25, help="floor repetitions per run")
+    ap.add_argument("--floor-one", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--code", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--agent-rss", nargs=2, type=int, metavar=("NODES", "GUESTS"),
+                    help="the agent alone against recorded answers for --rss-cycles cycles: "
+                    "RSS and allocations every 50; JSON to --out")
     args = ap.parse_args(argv)
+    if args.floor_one:
+        if args.code:
+            sys.path.insert(0, str(args.code.resolve()))
+        print(json.dumps(agent_floor(args.floor_one[0], args.floor_one[1],
+                                     repetitions=args.repetitions)))
+        return 0
+    if args.floor or args.agent_rss:
+        t0 = time.perf_counter()
+        if args.floor:
+            result = alternate_floor(args.floor[0], args.floor[1], [REPO, *args.compare],
+                                     args.rounds, args.repetitions)
+            kind = "scale decision floor"
+        else:
+            result = _child("--agent-rss-one", args.agent_rss[0], args.agent_rss[1],
+                            "--rss-cycles", args.rss_cycles,
+                            *(["--attribute"] if args.attribute else []))
+            kind = "scale agent RSS against recorded answers"
+        doc = {"benchmark": kind,
+               "command": "python bench/scale.py " + " ".join(
+                   sys.argv[1:] if argv is None else argv),
+               "python": platform.python_version(), "machine": platform.machine(),
+               "timing": "process CPU time, medians", "result": result,
+               "total_wall_seconds": round(time.perf_counter() - t0, 1)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
+    if args.agent_rss_one:
+        print(json.dumps(agent_rss(args.agent_rss_one[0], args.agent_rss_one[1], args.rss_cycles,
+                                   attribute=args.attribute)))
+        return 0
     if args.cycles < 5:
         ap.error("--cycles must be at least 5")
     if args.one:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from .model import Estimates, Snapshot
+from .model import Estimates, Guest, Snapshot
 
 NOMINAL_INTERVAL = 5.0
 """The cadence the smoothing is specified at (seconds)."""
@@ -37,7 +36,14 @@ still treated as pre-migration data. PVE refreshes node stats about every
 
 _HISTORY = 64  # raw samples kept per EMA (covers WINDOW at 1 s cadence)
 
-_K = TypeVar("_K", str, int)
+_INF = math.inf
+_NO_WEIGHT = 0.0
+"""`ema_alpha(0.0)`: the weight of a second sample at the same instant."""
+_NOTHING: dict[int, float] = {}
+
+_Samples = tuple[float, dict[int, float], dict[int, list[float]] | None]
+"""One snapshot's guest samples: its time, `vmid -> sample` (the first entry
+of each guest), and the further samples of a guest listed more than once."""
 
 
 def ema_alpha(dt: float, tau: float = TAU) -> float:
@@ -83,21 +89,31 @@ class _Ema:
         then replay the live samples newer than them. Returns whether any
         usable sample was given."""
         self.seed_tried = True
-        prior = _smooth(samples)
-        if prior is None:
+        value = _seeded(samples, self.live)
+        if value is None:
             return False
-        value, seed_time = prior
-        previous = seed_time
-        for time, sample in self.live:
-            if time <= seed_time:
-                continue
-            # Clocks of RRD and of the agent may differ slightly; never let a
-            # skew turn one live sample into more (or less) than a minute.
-            value += ema_alpha(min(time - previous, WINDOW)) * (sample - value)
-            previous = time
         self.value = value
         self.seeded = True
         return True
+
+
+def _seeded(samples: Sequence[tuple[float, float]],
+            live: Iterable[tuple[float, float]]) -> float | None:
+    """An EMA over the last minute of the RRD `samples`, then over the live
+    samples newer than them (None when RRD gave no usable sample)."""
+    prior = _smooth(samples)
+    if prior is None:
+        return None
+    value, seed_time = prior
+    previous = seed_time
+    for time, sample in live:
+        if time <= seed_time:
+            continue
+        # Clocks of RRD and of the agent may differ slightly; never let a
+        # skew turn one live sample into more (or less) than a minute.
+        value += ema_alpha(min(time - previous, WINDOW)) * (sample - value)
+        previous = time
+    return value
 
 
 def _smooth(samples: Iterable[tuple[float, float]]) -> tuple[float, float] | None:
@@ -147,16 +163,31 @@ class CpuEstimator:
     that stop or disappear are forgotten. An EMA that saw no sample for more
     than WINDOW seconds restarts (and asks to be re-seeded): a stale average
     is worse than an honest cold one.
+
+    Nodes (a few dozen) keep one `_Ema` each. Guests (up to ten thousand,
+    every cycle) are one table instead, updated in a single loop: every
+    guest EMA that exists was updated at the previous snapshot (a guest
+    missing from one is forgotten), so they all share one `alpha` and one
+    restart decision per snapshot; each snapshot's samples are kept once,
+    as a `vmid -> sample` dict for the last minute, instead of a deque per
+    guest, and a guest's live samples are read from them only when it is
+    seeded. The values are exactly those of one `_Ema` per guest
+    (tests/unit/test_ema_table.py compares the two).
     """
 
     def __init__(self) -> None:
         self._nodes: dict[str, _Ema] = {}
-        self._guests: dict[int, _Ema] = {}
-        self._guest_maxcpu: dict[int, float] = {}
         self._online: tuple[str, ...] = ()
         self._last_time: float | None = None
         self._corrections: dict[str, _StaleCorrection] = {}
         self._raw: dict[str, float] = {}  # last raw node figure, before correction
+        # guests: the EMA of each running guest, in the order first seen
+        self._guest_cpu: dict[int, float] = {}
+        self._guest_since: dict[int, float] = {}  # when its continuous sampling began
+        self._guest_seeded: set[int] = set()
+        self._guest_seed_tried: set[int] = set()
+        self._guest_live: deque[_Samples] = deque(maxlen=_HISTORY)
+        self._guests_seen: tuple[Guest, ...] = ()  # the last snapshot's, for their vCPUs
 
     # -- sampling --------------------------------------------------------
 
@@ -164,7 +195,8 @@ class CpuEstimator:
         """Fold one snapshot in. Snapshots not newer than the last one are
         ignored (a repeated or out-of-order sample carries no new time)."""
         now = _finite_time(snapshot.time)
-        if now is None or (self._last_time is not None and now <= self._last_time):
+        previous = self._last_time
+        if now is None or (previous is not None and now <= previous):
             return
         self._last_time = now
 
@@ -185,21 +217,64 @@ class CpuEstimator:
             self._corrections.pop(name, None)
             self._raw.pop(name, None)
         self._online = tuple(online)
+        self._observe_guests(snapshot.guests, now, previous)
 
-        running: set[int] = set()
-        for guest in snapshot.guests:
-            sample = _finite(guest.cpu)
-            if guest.status != "running" or sample is None:
+    def _observe_guests(self, guests: tuple[Guest, ...], now: float,
+                        previous: float | None) -> None:
+        """The guest half of `observe`: one pass, no call per guest on the
+        usual path (an exact finite float sample of a running guest)."""
+        values = self._guest_cpu
+        since = self._guest_since
+        if previous is None or now - previous > WINDOW:
+            old: Callable[[int], float | None] = _NOTHING.get  # every EMA restarts
+            self._guest_seeded.clear()
+            self._guest_seed_tried.clear()
+            alpha = 0.0
+        else:
+            old = values.get
+            alpha = ema_alpha(now - previous)
+        samples: dict[int, float] = {}
+        repeated: dict[int, list[float]] | None = None
+        for guest in guests:
+            if guest.status != "running":
                 continue
-            running.add(guest.vmid)
-            self._guest_maxcpu[guest.vmid] = float(guest.maxcpu)
-            self._update(self._guests, guest.vmid, now, sample)
-        for vmid in [v for v in self._guests if v not in running]:
-            del self._guests[vmid]
-            self._guest_maxcpu.pop(vmid, None)
+            sample = guest.cpu
+            if type(sample) is not float or not 0.0 <= sample < _INF:  # NaN fails too
+                checked = _finite(sample)
+                if checked is None:
+                    continue
+                sample = checked
+            vmid = guest.vmid
+            if vmid in samples:
+                # Listed twice at one instant: the second sample weighs
+                # nothing (no time passed) but counts as a live sample.
+                value = values[vmid]
+                values[vmid] = value + _NO_WEIGHT * (sample - value)
+                if repeated is None:
+                    repeated = {}
+                repeated.setdefault(vmid, []).append(sample)
+                continue
+            samples[vmid] = sample
+            before = old(vmid)
+            if before is None:
+                values[vmid] = sample
+                since[vmid] = now
+            else:
+                values[vmid] = before + alpha * (sample - before)
+        if len(values) != len(samples):  # some stopped or disappeared
+            for vmid in values.keys() - samples.keys():
+                del values[vmid]
+                del since[vmid]
+                self._guest_seeded.discard(vmid)
+                self._guest_seed_tried.discard(vmid)
+        live = self._guest_live
+        live.append((now, samples, repeated))
+        while live[0][0] < now - WINDOW:
+            live.popleft()
+        self._guests_seen = guests
 
     @staticmethod
-    def _update(table: dict[_K, _Ema], key: _K, now: float, sample: float) -> None:
+    def _update(table: dict[str, _Ema], key: str, now: float, sample: float) -> None:
         ema = table.get(key)
         if ema is None or now - ema.last_time > WINDOW:
             ema = _Ema(value=sample, last_time=now, since=now)
@@ -217,6 +292,31 @@ class CpuEstimator:
             return sample
         return max(0.0, sample + fix.delta)
 
+    def _guest_ready(self, vmid: int) -> bool:
+        return vmid in self._guest_seeded or (
+            self._last_time is not None and self._last_time - self._guest_since[vmid] >= WINDOW)
+
+    def _guest_samples(self, vmid: int) -> list[tuple[float, float]]:
+        """A guest's live samples since its sampling began, at most the last
+        `_HISTORY` of the last minute (what a per-guest deque would hold)."""
+        start = self._guest_since[vmid]
+        out: list[tuple[float, float]] = []
+        for time, samples, repeated in self._guest_live:
+            if time < start:
+                continue
+            out.append((time, samples[vmid]))
+            if repeated is not None and vmid in repeated:
+                out.extend((time, sample) for sample in repeated[vmid])
+        return out[-_HISTORY:]
+
+    def _guest_vcpus(self, vmid: int) -> float:
+        """The guest's vCPUs as its last sampled entry gave them."""
+        for guest in reversed(self._guests_seen):
+            if (guest.vmid == vmid and guest.status == "running"
+                    and _finite(guest.cpu) is not None):
+                return float(guest.maxcpu)
+        return 0.0
+
     # -- warming from RRD ------------------------------------------------
 
     def nodes_needing_seed(self) -> list[str]:
@@ -232,9 +332,10 @@ class CpuEstimator:
     def guests_needing_seed(self, vmids: Iterable[int] | None = None) -> list[int]:
         """Running guests (optionally among `vmids`, e.g. the candidates of a
         decision) whose EMA is not ready and RRD was not yet asked."""
-        pool = self._guests if vmids is None else {v: self._guests[v] for v in vmids
-                                                   if v in self._guests}
-        return sorted(v for v, ema in pool.items() if not ema.ready() and not ema.seed_tried)
+        values = self._guest_cpu
+        pool = values.keys() if vmids is None else {v for v in vmids if v in values}
+        return sorted(v for v in pool
+                      if not self._guest_ready(v) and v not in self._guest_seed_tried)
 
     def seed_node(self, name: str, samples: Sequence[tuple[float, float]]) -> bool:
         """Warm a node's EMA from RRD `(time, cpu)` samples (the last minute
@@ -246,8 +347,15 @@ class CpuEstimator:
 
     def seed_guest(self, vmid: int, samples: Sequence[tuple[float, float]]) -> bool:
         """As `seed_node`, for a running guest (cpu as a fraction of its vCPUs)."""
-        ema = self._guests.get(vmid)
-        return ema.seed(samples) if ema is not None else False
+        if vmid not in self._guest_cpu:
+            return False
+        self._guest_seed_tried.add(vmid)
+        value = _seeded(samples, self._guest_samples(vmid))
+        if value is None:
+            return False
+        self._guest_cpu[vmid] = value
+        self._guest_seeded.add(vmid)
+        return True
 
     # -- results ---------------------------------------------------------
 
@@ -259,7 +367,7 @@ class CpuEstimator:
         )
         return Estimates(
             node_cpu={name: ema.value for name, ema in self._nodes.items()},
-            guest_cpu={vmid: ema.value for vmid, ema in self._guests.items()},
+            guest_cpu=dict(self._guest_cpu),
             node_cpu_ready=ready,
         )
 
@@ -277,9 +385,11 @@ class CpuEstimator:
         correcting each node's raw figure while PVE still reports the
         pre-migration value. Returns False (and changes nothing) when the
         guest or its CPU size is unknown."""
-        ema = self._guests.get(vmid)
-        vcpus = self._guest_maxcpu.get(vmid, 0.0)
-        if ema is None or not vcpus > 0.0:
+        value = self._guest_cpu.get(vmid)
+        if value is None:
+            return False
+        vcpus = self._guest_vcpus(vmid)
+        if not vcpus > 0.0:
             return False
         until = (self._last_time or 0.0) + STALE_CORRECTION_LIMIT
         moves = ((source, source_maxcpu, -1.0), (target, target_maxcpu, 1.0))
@@ -287,7 +397,7 @@ class CpuEstimator:
             node = self._nodes.get(name)
             if node is None or not node_maxcpu > 0.0:
                 continue
-            delta = sign * ema.value * vcpus / node_maxcpu
+            delta = sign * value * vcpus / node_maxcpu
             node.value = min(1.0, max(0.0, node.value + delta))
             raw = self._raw.get(name, node.value)
             previous = self._corrections.get(name)

@@ -52,3 +52,20 @@ def test_rss_curve_points() -> None:
     assert [i for i, _ in curve["rss_mib"]] == [1, 50, 100]
     assert all(mib > 0 for _, mib in curve["rss_mib"])
     assert curve["cycles"] == 100
+
+
+def test_agent_rss_serves_only_recorded_answers_after_warmup() -> None:
+    curve = scale.agent_rss(3, 10, 160, every=50, warmup=5, attribute=True)
+    assert [i for i, _ in curve["rss_mib"]] == [1, 50, 100, 150, 160]
+    assert curve["answers_recorded"] > 0
+    assert curve["answers_not_recorded"] == 0  # nothing reached the simulator
+    assert curve["answers_replayed"] >= 2 * 160  # resources and tasks, every cycle
+    assert [i for i, _ in curve["traced_kib_from_cycle_100"]] == [100, 150, 160]
+    assert "pve_balancer" in curve["allocation_growth_kib_by_package_after_150_cycles"]
+
+
+def test_agent_floor_names_the_tree_it_timed() -> None:
+    floor = scale.agent_floor(4, 40, cycles=3, repetitions=3)
+    assert floor["code"] == str(scale.REPO)
+    assert floor["decision"]
+    assert set(floor["parts_ms"]) == {"json_loads", "parse", "ema", "decide"}
