@@ -640,6 +640,16 @@ cycle. Past the bound the search keeps the best plan found so far, or
 falls back to the move-by-move plan. A count, not a clock, so the same
 figures give the same plan."""
 
+TARGETS_PER_MOVE = 4
+"""Per guest and step of a plan, the search follows at most this many of
+the targets that accept it, least loaded first. Which target takes a guest
+changes a plan's rank only through that target's room for later moves and
+through a return (item 5 of the ranking), and the least loaded targets are
+the ones with the most room; following every target made a two-move plan
+on 64 nodes weigh all 100,000 `SEARCH_STEPS` in every cycle (1.4 s at
+1,000 guests, docs/benchmarks.md 2a), and four is more than a plan of
+three moves can use."""
+
 _EPS = 1e-9
 
 
@@ -694,7 +704,9 @@ class _Search:
         planned = {t.name: t for t in self.targets}
         for moves in range(1, MAX_PLAN_MOVES + 1):
             self._direct(moves, 0, source, planned, [], 0)
-            if moves > 1:
+            if moves > 1 and self.best is None:
+                # a cascade ranks after every plan of as many moves off the
+                # hot node alone: with one found, none can be better
                 self._cascades(moves, planned)
             if self.best is not None:
                 return self.best[1]
@@ -726,19 +738,24 @@ class _Search:
         if left == 0:
             return
         need = current.cpu - limit
+        by_load = sorted(planned.values(), key=lambda t: (t.cpu, t.name))
         for i in range(start, len(self.direct)):
             if sum(self.shares[i:i + left]) + _EPS < need:
                 break  # shares only get smaller from here
             guest = self.direct[i]
-            for target in sorted(planned.values(), key=lambda t: (t.cpu, t.name)):
+            followed = 0
+            for target in by_load:
                 if self.steps >= SEARCH_STEPS:
                     return
+                if followed >= TARGETS_PER_MOVE:
+                    break
                 self.steps += 1
                 if target.cpu + self.view.share(guest, target) > self.view.cpu_limit:
                     continue  # cheap pre-check of the CPU headroom rule
                 outcome = _evaluate(self.view, Mode.CPU, guest, current, target, self.state)
                 if not isinstance(outcome, Migration):
                     continue
+                followed += 1
                 after, left_on = outcome.target_after, outcome.source_after
                 nxt = dict(planned)
                 nxt[target.name] = replace(target, cpu=after.cpu, mem=after.mem)
@@ -749,7 +766,8 @@ class _Search:
         """Plans of `moves` that start by moving a guest from one target to
         another, to make room on the first for a guest of the source."""
         view = self.view
-        for room_node in sorted(planned.values(), key=lambda t: (t.cpu, t.name)):
+        by_load = sorted(planned.values(), key=lambda t: (t.cpu, t.name))
+        for room_node in by_load:
             if _warming_veto(view, room_node.name, self.state) is not None:
                 continue
             spare = view.cpu_limit - room_node.cpu
@@ -765,9 +783,12 @@ class _Search:
                     continue
                 if _resting(mover, view, self.state):
                     continue  # a guest just moved here is not moved on to make room
-                for dest in sorted(planned.values(), key=lambda t: (t.cpu, t.name)):
+                followed = 0
+                for dest in by_load:
                     if self.steps >= SEARCH_STEPS:
                         return
+                    if followed >= TARGETS_PER_MOVE:
+                        break
                     self.steps += 1
                     if dest.name == room_node.name or \
                             dest.cpu + view.share(mover, dest) > view.cpu_limit:
@@ -775,6 +796,7 @@ class _Search:
                     outcome = _evaluate(view, Mode.CPU, mover, room_node, dest, self.state)
                     if not isinstance(outcome, Migration):
                         continue
+                    followed += 1
                     nxt = dict(planned)
                     left, after = outcome.source_after, outcome.target_after
                     nxt[room_node.name] = replace(room_node, cpu=left.cpu, mem=left.mem)

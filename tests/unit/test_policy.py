@@ -319,3 +319,29 @@ def test_plan_search_is_bounded_on_a_large_tight_cluster() -> None:
     assert search.steps == policy.SEARCH_STEPS  # reached, and not passed
     decision = decide(snapshot, estimates, Config(), PolicyState(), random.Random(0))
     assert decision.mode is Mode.CPU and decision.reason.startswith("pve1 above cpu_max")
+
+
+def test_plan_search_follows_a_few_targets_per_move_on_a_wide_cluster() -> None:
+    """64 nodes with room everywhere, a hot node that needs two moves: the
+    search follows `TARGETS_PER_MOVE` accepting targets per guest and step,
+    so the two-move plan costs a few thousand steps, not the 100,000 of
+    `SEARCH_STEPS` (1.4 s a cycle) it took when every target was followed."""
+    from pve_balancer import policy
+
+    hot = tuple(vm(100 + i, "pve1", 0.9, vcpus=4, mem_gib=4) for i in range(16))
+    nodes = [node("pve1", 0.89, 100, cores=64, ram_gib=512)]
+    nodes += [node(f"pve{i}", 0.40, 100, cores=64, ram_gib=512) for i in range(2, 65)]
+    snapshot = cluster(tuple(nodes), hot)
+    estimates = estimates_from_raw(snapshot)
+    view = policy._View.build(snapshot, estimates, Config())
+    source = view.loads["pve1"]
+    movable, _, _ = policy._candidates(view, Mode.CPU, source, PolicyState(), random.Random(0))
+    targets, _ = policy._targets(view, source)
+    search = policy._Search(view, source, movable, targets, PolicyState(), random.Random(0))
+    plan = search.run()
+    assert plan is not None and len(plan.moves) == 2
+    per_move = policy.TARGETS_PER_MOVE
+    bound = len(movable) * per_move * (1 + (len(movable) - 1) * per_move)
+    assert search.steps <= bound < policy.SEARCH_STEPS // 10
+    decision = decide(snapshot, estimates, Config(), PolicyState(), random.Random(0))
+    assert "(move 1 of 2 planned" in decision.reason
