@@ -121,7 +121,7 @@ def _violations(placement: dict[int, str], sim: Simulator) -> set[tuple[str, str
             prio = {n.split(":")[0]: int(n.split(":")[1]) if ":" in n else 0 for n in r.nodes}
             best = {n for n, p in prio.items() if p == max(prio.values())}
             for v in vmids:
-                if placement[v] not in prio:
+                if r.strict and placement[v] not in prio:
                     out.add((r.rule, "outside"))
                 elif not r.strict and placement[v] not in best:
                     out.add((r.rule, "not preferred"))
