@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import harness, panels  # noqa: E402
+from bench import bound, harness, panels  # noqa: E402
 from bench.proxlb_run import (  # noqa: E402
     PROXLB_TOKEN,
     PROXLB_VERSION,
@@ -284,16 +284,20 @@ def panel_file(out: Path, name: str) -> Path:
 
 def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """`new`'s balancers over `old`'s: the ones `new` ran replace theirs,
-    the others stay, in BALANCERS order. `old` is dropped whole when it is
-    another run (other scenario file, seed or length): its figures would
-    not be comparable."""
-    keep: dict[str, Any] = {}
-    if old is not None and all(old.get(k) == new[k] for k in ("scenario", "file", "seed", "hours")):
-        keep = dict(old["balancers"])
+    the others stay, in BALANCERS order; so does `old`'s bound when `new`
+    has none (it depends on the scenario, seed and length only). `old` is
+    dropped whole when it is another run (other scenario file, seed or
+    length): its figures would not be comparable."""
+    same = old is not None and all(old.get(k) == new[k]
+                                   for k in ("scenario", "file", "seed", "hours"))
+    keep: dict[str, Any] = dict(old["balancers"]) if same and old is not None else {}
     keep.update(new["balancers"])
     order = {b: i for i, b in enumerate(BALANCERS)}
     balancers = dict(sorted(keep.items(), key=lambda kv: order.get(kv[0], len(order))))
-    return {**new, "balancers": balancers}
+    out = {**new, "balancers": balancers}
+    if out.get("bound") is None and same and old is not None and old.get("bound") is not None:
+        out["bound"] = old["bound"]
+    return out
 
 
 def record(result: dict[str, Any], out: Path, *, plot: bool = True) -> dict[str, Any]:
@@ -341,17 +345,27 @@ def _cell(v: Any, digits: int) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per figure, one column per balancer; with the
+    scenario's bound (bench/bound.py) when the result has one, as its own
+    column and as each covered figure's ratio to it (none where it is 0)."""
     cols = list(result["balancers"])
-    lines = ["| figure | " + " | ".join(LABELS.get(c, c) for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    limit = result.get("bound")
+    head = ["figure", *(["bound"] if limit else []), *(LABELS.get(c, c) for c in cols)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for label, key, digits in ROWS:
-        cells = []
+        bkey = "migrations" if key is None else key
+        lim = float(limit[bkey]) if limit and bkey in bound.BOUND_KEYS else None
+        cells = [] if not limit else ["-" if lim is None else _cell(lim, digits)]
         for c in cols:
             f = result["balancers"][c]
             if key is None:
-                cells.append(f"{f['migrations']:,} ({f['migrations_failed']})")
+                text = f"{f['migrations']:,} ({f['migrations_failed']})"
+                value = float(f["migrations"])
             else:
-                cells.append(_cell(f[key], digits))
+                text, value = _cell(f[key], digits), float(f[key])
+            if lim:
+                text += f" ({value / lim:.2f}x)"
+            cells.append(text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -388,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json-name", default=None,
                     help="also write this run's figures (no series) into one file")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--bound", action="store_true",
+                    help="also compute the scenario's bound (bench/bound.py) into its file")
     args = ap.parse_args(argv)
     names = args.scenario or list(PEER_SCENARIOS)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = run_scenario(n, seed=args.seed, hours=args.hours * DAYS.get(n, 1),
                          balancers=args.balancer or (
                              ALL_HA_BALANCERS if n in ALL_HA else DEFAULT_BALANCERS))
+        if args.bound:
+            print(f"{n}: bound ...", flush=True)
+            r["bound"] = bound.bound(PEER_SCENARIOS[n], seed=args.seed,
+                                     duration=r["hours"] * 3600).to_dict()
         results.append(without_series(r))
         merged.append(without_series(record(r, args.out, plot=not args.no_plot)))
         print(f"written {scenario_file(args.out, n)}", flush=True)

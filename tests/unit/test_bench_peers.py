@@ -200,3 +200,21 @@ def test_bench_run_draws_the_panels_of_every_balancer_it_ran(tmp_path: Path) -> 
     assert f"]({png.name})" in (tmp_path / "report.md").read_text()
     summary = json.loads((tmp_path / "peers.json").read_text())
     assert all("series" not in f for r in summary["results"] for f in r["balancers"].values())
+
+
+def test_the_table_puts_the_bound_beside_the_balancers_and_merge_keeps_it() -> None:
+    old = {**fake_run({"none": 0}), "bound": {"cpu_starvation_core_seconds": 0.0,
+                                              "node_seconds_above_cpu_max": 5.0,
+                                              "node_seconds_above_memory_max": 0.0,
+                                              "migrations": 2}}
+    for f in old["balancers"].values():
+        f.update({"sustained_cpu_episode_seconds": 0.0, "peak_node_cpu": 0.9,
+                  "peak_node_memory": 0.5, "migrations_failed": 0, "migrated_gib": 0.0,
+                  "ping_pongs": 0, "undone": 0, "api_requests_per_day": 0})
+    merged = peers.merge(old, fake_run({"pve-balancer": 1}))
+    assert merged["bound"] == old["bound"]
+    text = peers.table(old)
+    assert text.splitlines()[0].startswith("| figure | bound | no balancer |")
+    above = next(line for line in text.splitlines() if line.startswith("| node-s above cpu"))
+    assert above.split(" | ")[1:3] == ["5", "10 (2.00x) |"]
+    assert peers.merge(old, fake_run({"pve-balancer": 1}, seed=3)).get("bound") is None
