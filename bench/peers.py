@@ -59,7 +59,6 @@ from bench.quality import (  # noqa: E402
     agent_config,
     code_state,
     migration_figures,
-    shrink_png,
 )
 from pvesim.cluster import Simulator  # noqa: E402
 from pvesim.scenario import Scenario  # noqa: E402
@@ -314,7 +313,7 @@ def record(result: dict[str, Any], out: Path, *, plot: bool = True) -> dict[str,
         panels.write_png(png, f"{result['scenario']}: node CPU and memory per balancer "
                               f"(seed {result['seed']}, {result['hours']:g} h simulated)",
                          merged["balancers"], LABELS)
-        shrink_png(png)
+        panels.shrink(png)
     return merged
 
 
