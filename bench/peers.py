@@ -309,12 +309,18 @@ def record(result: dict[str, Any], out: Path, *, plot: bool = True) -> dict[str,
                                 "traces": "GWA-T-12 Bitbrains, Grid Workloads Archive, TU Delft",
                                 **merged}, indent=None, separators=(",", ":")) + "\n")
     if plot:
-        png = panel_file(out, result["scenario"])
-        panels.write_png(png, f"{result['scenario']}: node CPU and memory per balancer "
-                              f"(seed {result['seed']}, {result['hours']:g} h simulated)",
-                         merged["balancers"], LABELS)
-        panels.shrink(png)
+        draw(merged, out)
     return merged
+
+
+def draw(result: dict[str, Any], out: Path) -> Path:
+    """The scenario's panels from its (merged) result: peers-<scenario>.png."""
+    png = panel_file(out, result["scenario"])
+    panels.write_png(png, f"{result['scenario']}: node CPU and memory per balancer "
+                          f"(seed {result['seed']}, {result['hours']:g} h simulated)",
+                     result["balancers"], LABELS)
+    panels.shrink(png)
+    return png
 
 
 def without_series(result: dict[str, Any]) -> dict[str, Any]:
@@ -403,9 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--bound", action="store_true",
                     help="also compute the scenario's bound (bench/bound.py) into its file")
+    ap.add_argument("--replot", action="store_true",
+                    help="run nothing: redraw the panels from the scenarios' results files")
     args = ap.parse_args(argv)
     names = args.scenario or list(PEER_SCENARIOS)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        for n in names:
+            if scenario_file(args.out, n).exists():
+                print(f"written {draw(json.loads(scenario_file(args.out, n).read_text()), args.out)}")
+        return 0
     t0 = time.perf_counter()
     code = code_state()
     results, merged = [], []
