@@ -416,8 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         for n in names:
-            if scenario_file(args.out, n).exists():
-                print(f"written {draw(json.loads(scenario_file(args.out, n).read_text()), args.out)}")
+            path = scenario_file(args.out, n)
+            if path.exists():
+                print(f"written {draw(json.loads(path.read_text()), args.out)}")
         return 0
     t0 = time.perf_counter()
     code = code_state()
