@@ -12,11 +12,19 @@ Balancers compared, per scenario:
   run there with it off).
 
     .venv/bin/python bench/peers.py [--hours 24] [--seed 0] [--scenario NAME ...]
-        [--balancer NAME ...] [--json-name peers.json]
+        [--balancer NAME ...] [--json-name NAME.json] [--no-plot]
 
 Needs dev/peers-venv once (ProxLB's pinned virtualenv and libfaketime).
-Writes bench/results/<json-name> and prints one Markdown table per scenario
-(the ones in docs/benchmarks.md). GWA-T-12 Bitbrains, Grid Workloads Archive,
+
+Results are kept per scenario, per balancer: each run is merged into
+bench/results/peers-<scenario>.json (its figures, the commit that produced
+them and a compact time series), replacing only the balancers it ran, so a
+balancer can be rerun (e.g. pve-balancer after a policy change) without
+rerunning the others; the panel PNG peers-<scenario>.png (one row per
+balancer, bench/panels.py) is redrawn from that file. `--json-name` also
+writes the run's figures, without the series, into one file. Prints one
+Markdown table per scenario (the ones in docs/benchmarks.md). The three-day
+scenario runs for 3 x `--hours`. GWA-T-12 Bitbrains, Grid Workloads Archive,
 TU Delft.
 """
 
@@ -35,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import harness  # noqa: E402
+from bench import bound, harness, panels  # noqa: E402
 from bench.proxlb_run import (  # noqa: E402
     PROXLB_TOKEN,
     PROXLB_VERSION,
@@ -70,7 +78,17 @@ LABELS = {
 ALL_HA = {"bitbrains-imbalanced-ha": REPO / "bench" / "scenarios" / "bitbrains-imbalanced-ha.yaml"}
 """Scenarios where every guest is HA-managed: PVE's own CRS auto-rebalance
 can act there, so it is compared too (and only there)."""
-PEER_SCENARIOS = {**SCENARIOS, **ALL_HA}
+SCENARIO_DIR = REPO / "bench" / "scenarios"
+PEER_SCENARIOS = {
+    **SCENARIOS,
+    **ALL_HA,
+    "bitbrains-affinity-8node": SCENARIO_DIR / "bitbrains-affinity-8node.yaml",
+    "bitbrains-imbalanced-3day": SCENARIO_DIR / "bitbrains-imbalanced-3day.yaml",
+}
+DAYS = {"bitbrains-imbalanced-3day": 3}
+"""Scenarios longer than `--hours`: run for this many times `--hours`."""
+EXCLUDE_TAG = "pve-balancer-exclude"
+TRANSIENT = 60.0
 DEFAULT_BALANCERS = ("none", "pve-balancer", *SETTINGS)
 ALL_HA_BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", "proxlb-memory-12h")
 
@@ -85,9 +103,101 @@ def with_auto_rebalance(path: Path) -> Scenario:
     return scenario
 
 
+def _violations(placement: dict[int, str], sim: Simulator) -> set[tuple[str, str]]:
+    """(rule, kind) of every HA rule the placement breaks: a guest of a
+    strict node-affinity rule outside its nodes ("outside"), one of a
+    preferring rule off its highest-priority nodes ("not preferred"), a
+    positive pair apart ("apart"), two of a negative group together
+    ("together"). Rules bind HA-managed guests only, as in PVE."""
+    ha = {g.vmid for g in sim.scenario.guests if g.ha}
+    out: set[tuple[str, str]] = set()
+    for r in sim.scenario.rules:
+        if r.disable:
+            continue
+        vmids = [int(sid.split(":")[1]) for sid in r.resources]
+        vmids = [v for v in vmids if v in ha and v in placement]
+        if r.type == "node-affinity":
+            prio = {n.split(":")[0]: int(n.split(":")[1]) if ":" in n else 0 for n in r.nodes}
+            best = {n for n, p in prio.items() if p == max(prio.values())}
+            for v in vmids:
+                if r.strict and placement[v] not in prio:
+                    out.add((r.rule, "outside"))
+                elif not r.strict and placement[v] not in best:
+                    out.add((r.rule, "not preferred"))
+        elif r.affinity == "positive" and len({placement[v] for v in vmids}) > 1:
+            out.add((r.rule, "apart"))
+        elif r.affinity == "negative" and len({placement[v] for v in vmids}) < len(vmids):
+            out.add((r.rule, "together"))
+    return out
+
+
+def rule_figures(sim: Simulator, token: str | None) -> dict[str, Any]:
+    """What a balancer did to the scenario's constraints: its migration
+    requests the simulator refused (PVE's refusals: local devices, strict
+    node-affinity, negative resource-affinity), the moves of guests with a
+    local device or the exclude tag (the latter binds pve-balancer only;
+    other balancers have their own tags), and, replaying every completed
+    migration in order from the scenario's placement, the moves after which
+    an HA rule was broken that was kept before, and the seconds each kind
+    of breach lasted. A breach shorter than TRANSIENT (a positive pair
+    apart while the HA stack moves the partner along) is not counted as a
+    breaking move."""
+    guests = sim.scenario.guests
+    pinned = {g.vmid for g in guests if g.local_resources}
+    excluded = {g.vmid for g in guests if EXCLUDE_TAG in g.tags}
+    moves = sorted((r for r in sim.metrics.migrations if r.ok), key=lambda r: r.end)
+    placement = {g.vmid: g.node for g in guests}
+    broken = _violations(placement, sim)
+    since = {v: sim.metrics.start for v in broken}
+    seconds: dict[str, float] = {}
+    opened: dict[tuple[str, str], dict[str, Any]] = {}
+    breaking: list[dict[str, Any]] = []
+
+    def close(v: tuple[str, str], t: float) -> None:
+        key = f"{v[0]} ({v[1]})"
+        lasted = t - since.pop(v)
+        seconds[key] = seconds.get(key, 0.0) + lasted
+        move = opened.pop(v, None)
+        if move is not None and lasted >= TRANSIENT:
+            breaking.append({**move, "seconds": round(lasted)})
+
+    for r in moves:
+        placement[r.vmid] = r.target
+        now = _violations(placement, sim)
+        for v in broken - now:
+            close(v, r.end)
+        for v in now - broken:
+            since[v] = r.end
+            opened[v] = {"vmid": r.vmid, "target": r.target, "rule": v[0], "kind": v[1],
+                         "hours": round((r.end - sim.metrics.start) / 3600, 3)}
+        broken = now
+    for v in list(since):
+        close(v, sim.now)
+    refused = [r for r in sim.request_log
+               if token is not None and r.token_id == token and r.method == "POST"
+               and r.path.endswith("/migrate") and r.status != 200]
+    return {
+        "migration_requests_refused": len(refused),
+        "refused_vmids": sorted({int(r.path.split("/")[-2]) for r in refused}),
+        "moves_of_pinned": sum(1 for r in moves if r.vmid in pinned),
+        "moves_of_excluded": sum(1 for r in moves if r.vmid in excluded),
+        "moves_breaking_a_rule": len(breaking),
+        "breaking_moves": sorted(breaking, key=lambda b: b["hours"])[:20],
+        "seconds_rule_broken": {k: round(v) for k, v in sorted(seconds.items())},
+    }
+
+
+def _constrained(sim: Simulator) -> bool:
+    return bool(sim.scenario.rules) or any(
+        g.local_resources or EXCLUDE_TAG in g.tags for g in sim.scenario.guests)
+
+
 def figures(sim: Simulator, *, token: str | None, wall_seconds: float) -> dict[str, Any]:
     """The figures every balancer is judged by, from the physics; moves are
-    all migrations of the run (nobody else acts in these scenarios)."""
+    all migrations of the run (nobody else acts in these scenarios, but the
+    HA stack, which carries out HA guests' migrations and fails back).
+    With `series`, for the panels; with `rules` where the scenario has HA
+    rules, pinned or excluded guests."""
     m = sim.metrics.to_dict()
     mig = m["migrations"]
     episodes = _episodes(sim)
@@ -109,6 +219,8 @@ def figures(sim: Simulator, *, token: str | None, wall_seconds: float) -> dict[s
         "api_requests_per_day": round(len(requests) / days),
         "simulated_seconds": m["simulated_seconds"],
         "wall_seconds": round(wall_seconds, 1),
+        **({"rules": rule_figures(sim, token)} if _constrained(sim) else {}),
+        "series": panels.series(sim),
     }
 
 
@@ -137,6 +249,7 @@ def run_scenario(name: str, *, seed: int, hours: float,
     `path`, by default the one of that name in PEER_SCENARIOS)."""
     path = path or PEER_SCENARIOS[name]
     duration = hours * 3600
+    code = code_state()
     results: dict[str, Any] = {}
     for b in balancers:
         print(f"{name}: {b} ...", flush=True)
@@ -153,10 +266,66 @@ def run_scenario(name: str, *, seed: int, hours: float,
             results[b] = figures(r.sim, token=harness.AGENT_TOKEN, wall_seconds=r.wall_seconds)
         else:
             results[b] = run_proxlb(path, b, seed=seed, duration=duration)
+        results[b]["code"] = code
         print(f"{name}: {b}: {results[b]['migrations']} migrations, "
               f"{results[b]['wall_seconds']} s wall", flush=True)
     return {"scenario": name, "file": str(path.relative_to(REPO)), "seed": seed,
             "hours": hours, "balancers": results}
+
+
+def scenario_file(out: Path, name: str) -> Path:
+    return out / f"peers-{name}.json"
+
+
+def panel_file(out: Path, name: str) -> Path:
+    return out / f"peers-{name}.png"
+
+
+def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s balancers over `old`'s: the ones `new` ran replace theirs,
+    the others stay, in BALANCERS order; so does `old`'s bound when `new`
+    has none (it depends on the scenario, seed and length only). `old` is
+    dropped whole when it is another run (other scenario file, seed or
+    length): its figures would not be comparable."""
+    same = old is not None and all(old.get(k) == new[k]
+                                   for k in ("scenario", "file", "seed", "hours"))
+    keep: dict[str, Any] = dict(old["balancers"]) if same and old is not None else {}
+    keep.update(new["balancers"])
+    order = {b: i for i, b in enumerate(BALANCERS)}
+    balancers = dict(sorted(keep.items(), key=lambda kv: order.get(kv[0], len(order))))
+    out = {**new, "balancers": balancers}
+    if out.get("bound") is None and same and old is not None and old.get("bound") is not None:
+        out["bound"] = old["bound"]
+    return out
+
+
+def record(result: dict[str, Any], out: Path, *, plot: bool = True) -> dict[str, Any]:
+    """Merge `result` into the scenario's file under `out` and redraw its
+    panels; returns the merged result."""
+    path = scenario_file(out, result["scenario"])
+    old = json.loads(path.read_text()) if path.exists() else None
+    merged = merge(old, result)
+    path.write_text(json.dumps({"benchmark": "peers", "proxlb": PROXLB_VERSION,
+                                "traces": "GWA-T-12 Bitbrains, Grid Workloads Archive, TU Delft",
+                                **merged}, indent=None, separators=(",", ":")) + "\n")
+    if plot:
+        draw(merged, out)
+    return merged
+
+
+def draw(result: dict[str, Any], out: Path) -> Path:
+    """The scenario's panels from its (merged) result: peers-<scenario>.png."""
+    png = panel_file(out, result["scenario"])
+    panels.write_png(png, f"{result['scenario']}: node CPU and memory per balancer "
+                          f"(seed {result['seed']}, {result['hours']:g} h simulated)",
+                     result["balancers"], LABELS)
+    panels.shrink(png)
+    return png
+
+
+def without_series(result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "balancers": {b: {k: v for k, v in f.items() if k != "series"}
+                                    for b, f in result["balancers"].items()}}
 
 
 ROWS = (
@@ -181,18 +350,50 @@ def _cell(v: Any, digits: int) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per figure, one column per balancer; with the
+    scenario's bound (bench/bound.py) when the result has one, as its own
+    column and as each covered figure's ratio to it (none where it is 0)."""
     cols = list(result["balancers"])
-    lines = ["| figure | " + " | ".join(LABELS.get(c, c) for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    limit = result.get("bound")
+    head = ["figure", *(["bound"] if limit else []), *(LABELS.get(c, c) for c in cols)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for label, key, digits in ROWS:
-        cells = []
+        bkey = "migrations" if key is None else key
+        lim = float(limit[bkey]) if limit and bkey in bound.BOUND_KEYS else None
+        cells = [] if not limit else ["-" if lim is None else _cell(lim, digits)]
         for c in cols:
             f = result["balancers"][c]
             if key is None:
-                cells.append(f"{f['migrations']:,} ({f['migrations_failed']})")
+                text = f"{f['migrations']:,} ({f['migrations_failed']})"
+                value = float(f["migrations"])
             else:
-                cells.append(_cell(f[key], digits))
+                text, value = _cell(f[key], digits), float(f[key])
+            if lim:
+                text += f" ({value / lim:.2f}x)"
+            cells.append(text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RULE_ROWS = (
+    ("migration requests refused", "migration_requests_refused"),
+    ("moves of guests with a local device", "moves_of_pinned"),
+    ("moves of guests tagged pve-balancer-exclude", "moves_of_excluded"),
+    ("moves that broke an HA rule", "moves_breaking_a_rule"),
+)
+
+
+def rules_table(ruled: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per balancer, what it did to the scenario's constraints."""
+    cols = list(ruled)
+    lines = ["| constraint | " + " | ".join(LABELS.get(c, c) for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for label, key in RULE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(f"{ruled[c][key]:,}" for c in cols) + " |")
+    kinds = sorted({k for c in cols for k in ruled[c]["seconds_rule_broken"]})
+    for k in kinds:
+        lines.append(f"| seconds {k} broken | " + " | ".join(
+            f"{ruled[c]['seconds_rule_broken'].get(k, 0):,}" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -203,14 +404,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", choices=sorted(PEER_SCENARIOS))
     ap.add_argument("--balancer", action="append", choices=BALANCERS)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--json-name", default="peers.json")
+    ap.add_argument("--json-name", default=None,
+                    help="also write this run's figures (no series) into one file")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--bound", action="store_true",
+                    help="also compute the scenario's bound (bench/bound.py) into its file")
+    ap.add_argument("--replot", action="store_true",
+                    help="run nothing: redraw the panels from the scenarios' results files")
     args = ap.parse_args(argv)
     names = args.scenario or list(PEER_SCENARIOS)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        for n in names:
+            path = scenario_file(args.out, n)
+            if path.exists():
+                print(f"written {draw(json.loads(path.read_text()), args.out)}")
+        return 0
     t0 = time.perf_counter()
     code = code_state()
-    results = [run_scenario(n, seed=args.seed, hours=args.hours, balancers=args.balancer or (
-        ALL_HA_BALANCERS if n in ALL_HA else DEFAULT_BALANCERS)) for n in names]
+    results, merged = [], []
+    for n in names:
+        r = run_scenario(n, seed=args.seed, hours=args.hours * DAYS.get(n, 1),
+                         balancers=args.balancer or (
+                             ALL_HA_BALANCERS if n in ALL_HA else DEFAULT_BALANCERS))
+        if args.bound:
+            print(f"{n}: bound ...", flush=True)
+            r["bound"] = bound.bound(PEER_SCENARIOS[n], seed=args.seed,
+                                     duration=r["hours"] * 3600).to_dict()
+        results.append(without_series(r))
+        merged.append(without_series(record(r, args.out, plot=not args.no_plot)))
+        print(f"written {scenario_file(args.out, n)}", flush=True)
     doc = {
         "benchmark": "peers",
         "command": "python bench/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -221,12 +444,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_wall_seconds": round(time.perf_counter() - t0, 1),
         "results": results,
     }
-    (args.out / args.json_name).parent.mkdir(parents=True, exist_ok=True)
-    (args.out / args.json_name).write_text(json.dumps(doc, indent=1) + "\n")
-    for r in results:
-        print(f"\n**{r['scenario']}** (seed {r['seed']}, {r['hours']:g} h)\n")
+    if args.json_name:
+        (args.out / args.json_name).parent.mkdir(parents=True, exist_ok=True)
+        (args.out / args.json_name).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"written {args.out / args.json_name}")
+    for r in merged:
+        print(f"\n**{r['scenario']}** (seed {r['seed']}, {r['hours']:g} h; "
+              f"every balancer in {scenario_file(args.out, r['scenario']).name})\n")
         print(table(r))
-    print(f"\ntotal wall {doc['total_wall_seconds']} s; written {args.out / args.json_name}")
+        ruled = {b: f["rules"] for b, f in r["balancers"].items() if "rules" in f}
+        if ruled:
+            print()
+            print(rules_table(ruled))
+    print(f"\ntotal wall {doc['total_wall_seconds']} s")
     return 0
 
 

@@ -11,7 +11,8 @@ computed by the module that owns it:
 - peers (bench/peers.py): ProxLB 2.3.0 at its three settings when
   `.venv-bench` exists (`--peers` builds it with dev/peers-venv), and PVE's
   ha-auto-rebalance on the all-HA scenario (always: it is the simulator's
-  own model);
+  own model); merged into `peers-<scenario>.json` with the panels
+  `peers-<scenario>.png` (one row per balancer; unless `--no-plot`);
 - the bound (bench/bound.py) per scenario, and every balancer as a ratio
   to it;
 - scale (bench/scale.py), unless `--no-scale`.
@@ -42,16 +43,11 @@ if str(REPO) not in sys.path:
 from bench import bound, peers, quality, quick  # noqa: E402
 from bench.proxlb_run import SETTINGS, VENV  # noqa: E402
 
-SCENARIO_DIR = REPO / "bench" / "scenarios"
-SCENARIOS: dict[str, Path] = {
-    **quality.SCENARIOS,
-    **peers.ALL_HA,
-    "bitbrains-affinity-8node": SCENARIO_DIR / "bitbrains-affinity-8node.yaml",
-    "bitbrains-imbalanced-3day": SCENARIO_DIR / "bitbrains-imbalanced-3day.yaml",
-}
-"""What a full run covers; the quick scenario is only run by --quick."""
+SCENARIOS: dict[str, Path] = dict(peers.PEER_SCENARIOS)
+"""What a full run covers (the peers' scenarios); the quick scenario is
+only run by --quick."""
 
-DAYS = {"bitbrains-imbalanced-3day": 3}
+DAYS = peers.DAYS
 """Scenarios longer than `--hours`: run for this many times `--hours`."""
 
 FIGURES = (
@@ -151,16 +147,23 @@ def run_full(args: argparse.Namespace) -> int:
         if with_proxlb:
             others += [b for b in (peers.ALL_HA_BALANCERS if name in peers.ALL_HA else SETTINGS)
                        if b in SETTINGS]
-        if others:
-            p = peers.run_scenario(name, seed=args.seed, hours=hours, balancers=others, path=path)
-            peer_results.append(p)
-            columns |= {b: flat(f) for b, f in p["balancers"].items()}
+        # the panels (one row per balancer) need every balancer's series:
+        # quality's two runs are repeated for them (the same seed gives the
+        # same figures), the table keeps quality's
+        panel_runs = [] if args.no_plot else ["none", "pve-balancer"]
+        if others or panel_runs:
+            p = peers.run_scenario(name, seed=args.seed, hours=hours,
+                                   balancers=panel_runs + others, path=path)
+            peers.record(p, out, plot=not args.no_plot)
+            peer_results.append(peers.without_series(p))
+            columns |= {b: flat(f) for b, f in p["balancers"].items() if b in others}
         print(f"{name}: bound ...", flush=True)
         lim = bound.bound(path, seed=args.seed, duration=hours * 3600).to_dict()
         bound_rows.append({"scenario": name, "seed": args.seed, "hours": hours, "bound": lim,
                            "to_bound": {b: bound.ratio_to_bound(c, lim)
                                         for b, c in columns.items()}})
-        pngs = [] if args.no_plot else [f"quality-{name}-baseline.png", f"quality-{name}.png"]
+        pngs = [] if args.no_plot else [peers.panel_file(out, name).name,
+                                        f"quality-{name}-baseline.png", f"quality-{name}.png"]
         rows.append({"scenario": name, "file": q["file"], "seed": args.seed, "hours": hours,
                      "bound": lim, "columns": columns, "pngs": pngs})
     common = {"python": platform.python_version(), "code": code,

@@ -10,9 +10,12 @@ what ProxLB reads, one also asks for a migration.
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
-from bench import harness
+from bench import harness, panels, peers
 from bench.proxlb_run import (
     PROXLB_TOKEN,
     Invocation,
@@ -91,3 +94,127 @@ def test_the_clock_moves_while_a_peer_migrates() -> None:
     assert all(r.end == r.start for r in runs[1:])
     assert sim.now == base.sim.now
     assert physics(sim) != physics(base.sim)
+
+
+# -- per-scenario results: merge, panels, constraints ----------------------------------------
+
+def fake_run(balancers: dict[str, int], *, seed: int = 0, hours: float = 1.0) -> dict[str, Any]:
+    """A peers.run_scenario result with a tiny real-shaped series per
+    balancer (`balancers`: name → migrations), for the merge and panels."""
+    def series(n: int) -> dict[str, Any]:
+        return {"hours": [0.0, 0.5, 1.0], "cpu_max": 0.8, "memory_max": 0.8,
+                "nodes": {"pve1": {"cpu": [0.9, 0.7, 0.6], "memory": [0.5, 0.5, 0.4]},
+                          "pve2": {"cpu": [0.2, 0.4, 0.5], "memory": [0.3, 0.3, 0.4]}},
+                "migrations": [{"hours": 0.2 + 0.01 * i, "vmid": 100 + i, "source": "pve1",
+                                "target": "pve2", "ok": i != 1} for i in range(n)]}
+    return {"scenario": "s", "file": "bench/scenarios/s.yaml", "seed": seed, "hours": hours,
+            "balancers": {b: {"migrations": n, "cpu_starvation_core_seconds": 0.0,
+                              "node_seconds_above_cpu_max": 10.0,
+                              "node_seconds_above_memory_max": 0.0, "code": {"commit": b},
+                              "series": series(n)}
+                          for b, n in balancers.items()}}
+
+
+def test_merge_replaces_only_the_balancers_rerun_and_keeps_their_order() -> None:
+    old = fake_run({"none": 0, "proxlb-memory-12h": 7, "pve-balancer": 3})
+    new = fake_run({"pve-balancer": 1})
+    merged = peers.merge(old, new)
+    assert list(merged["balancers"]) == ["none", "pve-balancer", "proxlb-memory-12h"]
+    assert merged["balancers"]["pve-balancer"]["migrations"] == 1
+    assert merged["balancers"]["proxlb-memory-12h"]["migrations"] == 7
+
+
+def test_merge_drops_a_run_of_another_seed_or_length() -> None:
+    old = fake_run({"none": 0, "proxlb-memory-12h": 7})
+    assert list(peers.merge(old, fake_run({"pve-balancer": 1}, seed=1))["balancers"]) == [
+        "pve-balancer"]
+    assert list(peers.merge(old, fake_run({"pve-balancer": 1}, hours=72))["balancers"]) == [
+        "pve-balancer"]
+
+
+def test_record_merges_the_file_and_draws_one_row_per_balancer(tmp_path: Path) -> None:
+    from PIL import Image
+
+    peers.record(fake_run({"none": 0, "proxlb-memory-12h": 30}), tmp_path)
+    with Image.open(peers.panel_file(tmp_path, "s")) as im:
+        two_rows = im.size
+    peers.record(fake_run({"pve-balancer": 2}), tmp_path)
+    doc = json.loads(peers.scenario_file(tmp_path, "s").read_text())
+    assert list(doc["balancers"]) == ["none", "pve-balancer", "proxlb-memory-12h"]
+    assert doc["balancers"]["pve-balancer"]["code"] == {"commit": "pve-balancer"}
+    with Image.open(peers.panel_file(tmp_path, "s")) as im:
+        three_rows = im.size
+    assert three_rows[0] == two_rows[0] and three_rows[1] > two_rows[1]
+
+
+def test_series_keeps_at_most_max_points_and_every_migration() -> None:
+    sim = Simulator(scenario_of(SCENARIO), seed=0)
+    sim.advance(3600)
+    sim.migrate(102, "pve2", online=True)
+    sim.advance(600)
+    s = panels.series(sim, max_points=25)
+    assert 0 < len(s["hours"]) <= 25
+    assert all(len(v["cpu"]) == len(s["hours"]) == len(v["memory"]) for v in s["nodes"].values())
+    assert s["hours"] == sorted(s["hours"]) and s["hours"][-1] <= sim.now / 3600
+    assert [(m["vmid"], m["target"], m["ok"]) for m in s["migrations"]] == [(102, "pve2", True)]
+
+
+AFFINITY = harness.REPO / "bench" / "scenarios" / "bitbrains-affinity-8node.yaml"
+
+
+def test_violations_name_the_rule_a_placement_breaks() -> None:
+    sim = Simulator(scenario_of(AFFINITY), seed=0)
+    placement = {g.vmid: g.node for g in sim.scenario.guests}
+    assert peers._violations(placement, sim) == set()
+    apart = {**placement, 3029: placement[3012]}  # a negative resource-affinity group
+    assert peers._violations(apart, sim) == {("replicas-apart", "together")}
+    assert peers._violations({**placement, 3013: "pve8"}, sim) == {("db-on-pve1-pve3", "outside")}
+    assert peers._violations({**placement, 3000: "pve4"}, sim) == {("prefer-pve2", "not preferred")}
+    assert peers._violations({**placement, 3026: "pve8"}, sim) == {("app-with-cache", "apart")}
+
+
+def test_rule_figures_count_excluded_moves_and_time_off_the_preferred_node() -> None:
+    sim = Simulator(scenario_of(AFFINITY), seed=0)
+    sim.advance(WARMUP)
+    sim.migrate(3042, "pve6", online=True)  # tagged pve-balancer-exclude, not HA
+    sim.migrate(3000, "pve6", online=True)  # HA, prefers pve2: the HA stack fails it back
+    sim.advance(900)
+    r = peers.rule_figures(sim, token=None)
+    assert r["moves_of_excluded"] == 1
+    assert r["moves_of_pinned"] == 0
+    assert r["seconds_rule_broken"].get("prefer-pve2 (not preferred)", 0) > 0
+    assert sim.guest(3000).node == "pve2"
+
+
+def test_bench_run_draws_the_panels_of_every_balancer_it_ran(tmp_path: Path) -> None:
+    from bench import run_all
+
+    rc = run_all.main(["--hours", "0.05", "--scenario", "bitbrains-imbalanced-ha", "--no-scale",
+                       "--no-peers", "--out", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads(peers.scenario_file(tmp_path, "bitbrains-imbalanced-ha").read_text())
+    assert list(doc["balancers"]) == ["none", "pve-balancer", "pve-auto-rebalance"]
+    assert all(f["series"]["hours"] for f in doc["balancers"].values())
+    png = peers.panel_file(tmp_path, "bitbrains-imbalanced-ha")
+    assert png.stat().st_size > 0
+    assert f"]({png.name})" in (tmp_path / "report.md").read_text()
+    summary = json.loads((tmp_path / "peers.json").read_text())
+    assert all("series" not in f for r in summary["results"] for f in r["balancers"].values())
+
+
+def test_the_table_puts_the_bound_beside_the_balancers_and_merge_keeps_it() -> None:
+    old = {**fake_run({"none": 0}), "bound": {"cpu_starvation_core_seconds": 0.0,
+                                              "node_seconds_above_cpu_max": 5.0,
+                                              "node_seconds_above_memory_max": 0.0,
+                                              "migrations": 2}}
+    for f in old["balancers"].values():
+        f.update({"sustained_cpu_episode_seconds": 0.0, "peak_node_cpu": 0.9,
+                  "peak_node_memory": 0.5, "migrations_failed": 0, "migrated_gib": 0.0,
+                  "ping_pongs": 0, "undone": 0, "api_requests_per_day": 0})
+    merged = peers.merge(old, fake_run({"pve-balancer": 1}))
+    assert merged["bound"] == old["bound"]
+    text = peers.table(old)
+    assert text.splitlines()[0].startswith("| figure | bound | no balancer |")
+    above = next(line for line in text.splitlines() if line.startswith("| node-s above cpu"))
+    assert above.split(" | ")[1:3] == ["5", "10 (2.00x) |"]
+    assert peers.merge(old, fake_run({"pve-balancer": 1}, seed=3)).get("bound") is None
