@@ -64,11 +64,13 @@ from pvesim.cluster import Simulator  # noqa: E402
 from pvesim.scenario import Scenario  # noqa: E402
 from simlab.inprocess import WARMUP, scenario_of  # noqa: E402
 
-BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", *SETTINGS)
+BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", "pve-auto-rebalance-dynamic",
+             *SETTINGS)
 LABELS = {
     "none": "no balancer",
     "pve-balancer": "pve-balancer (defaults)",
     "pve-auto-rebalance": "PVE ha-auto-rebalance (pvesim's model)",
+    "pve-auto-rebalance-dynamic": "PVE ha-auto-rebalance, dynamic load (pvesim's model)",
     "proxlb-memory-12h": "ProxLB memory, 12 h (defaults)",
     "proxlb-cpu-12h": "ProxLB cpu, 12 h",
     "proxlb-memory-1h": "ProxLB memory, 1 h",
@@ -90,15 +92,20 @@ DAYS = {"bitbrains-imbalanced-3day": 3}
 EXCLUDE_TAG = "pve-balancer-exclude"
 TRANSIENT = 60.0
 DEFAULT_BALANCERS = ("none", "pve-balancer", *SETTINGS)
-ALL_HA_BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", "proxlb-memory-12h")
+ALL_HA_BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", "pve-auto-rebalance-dynamic",
+                    "proxlb-memory-12h")
 
 
-def with_auto_rebalance(path: Path) -> Scenario:
+def with_auto_rebalance(path: Path, load: str | None = None) -> Scenario:
     """The scenario with PVE's CRS auto-rebalance of HA guests on, at PVE's
-    defaults (threshold, hold duration and margin left unset)."""
+    defaults (threshold, hold duration and margin left unset); `load`
+    ("static" or "dynamic") replaces the scenario's CRS `ha` mode: static
+    weighs guests by their configured size, dynamic by what they use."""
     scenario = scenario_of(path)
     crs = dict(scenario.options.get("crs") or {})
     crs["ha-auto-rebalance"] = 1
+    if load is not None:
+        crs["ha"] = load
     scenario.options = {**scenario.options, "crs": crs}
     return scenario
 
@@ -256,8 +263,9 @@ def run_scenario(name: str, *, seed: int, hours: float,
         if b == "none":
             r = harness.run(path, seed=seed, duration=duration, with_agent=False)
             results[b] = figures(r.sim, token=None, wall_seconds=r.wall_seconds)
-        elif b == "pve-auto-rebalance":
-            r = harness.run(with_auto_rebalance(path), seed=seed, duration=duration,
+        elif b in ("pve-auto-rebalance", "pve-auto-rebalance-dynamic"):
+            load = "dynamic" if b.endswith("-dynamic") else None
+            r = harness.run(with_auto_rebalance(path, load), seed=seed, duration=duration,
                             with_agent=False)
             results[b] = figures(r.sim, token=None, wall_seconds=r.wall_seconds)
         elif b == "pve-balancer":

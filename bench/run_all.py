@@ -143,7 +143,7 @@ def run_full(args: argparse.Namespace) -> int:
         columns = {"none": flat(q["baseline"]), "pve-balancer": flat(q["agent"])}
         others: list[str] = []
         if name in peers.ALL_HA:
-            others.append("pve-auto-rebalance")
+            others += ["pve-auto-rebalance", "pve-auto-rebalance-dynamic"]
         if with_proxlb:
             others += [b for b in (peers.ALL_HA_BALANCERS if name in peers.ALL_HA else SETTINGS)
                        if b in SETTINGS]

@@ -193,7 +193,8 @@ def test_bench_run_draws_the_panels_of_every_balancer_it_ran(tmp_path: Path) -> 
                        "--no-peers", "--out", str(tmp_path)])
     assert rc == 0
     doc = json.loads(peers.scenario_file(tmp_path, "bitbrains-imbalanced-ha").read_text())
-    assert list(doc["balancers"]) == ["none", "pve-balancer", "pve-auto-rebalance"]
+    assert list(doc["balancers"]) == ["none", "pve-balancer", "pve-auto-rebalance",
+                                      "pve-auto-rebalance-dynamic"]
     assert all(f["series"]["hours"] for f in doc["balancers"].values())
     png = peers.panel_file(tmp_path, "bitbrains-imbalanced-ha")
     assert png.stat().st_size > 0
@@ -218,3 +219,11 @@ def test_the_table_puts_the_bound_beside_the_balancers_and_merge_keeps_it() -> N
     above = next(line for line in text.splitlines() if line.startswith("| node-s above cpu"))
     assert above.split(" | ")[1:3] == ["5", "10 (2.00x) |"]
     assert peers.merge(old, fake_run({"pve-balancer": 1}, seed=3)).get("bound") is None
+
+
+def test_auto_rebalance_keeps_the_scenarios_load_mode_unless_told() -> None:
+    path = peers.ALL_HA["bitbrains-imbalanced-ha"]
+    static = peers.with_auto_rebalance(path).options["crs"]
+    dynamic = peers.with_auto_rebalance(path, "dynamic").options["crs"]
+    assert static["ha-auto-rebalance"] == dynamic["ha-auto-rebalance"] == 1
+    assert static["ha"] == "static" and dynamic["ha"] == "dynamic"
