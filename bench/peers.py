@@ -69,7 +69,7 @@ BALANCERS = ("none", "pve-balancer", "pve-auto-rebalance", "pve-auto-rebalance-d
 LABELS = {
     "none": "no balancer",
     "pve-balancer": "pve-balancer (defaults)",
-    "pve-auto-rebalance": "PVE ha-auto-rebalance (pvesim's model)",
+    "pve-auto-rebalance": "PVE ha-auto-rebalance, static load (pvesim's model)",
     "pve-auto-rebalance-dynamic": "PVE ha-auto-rebalance, dynamic load (pvesim's model)",
     "proxlb-memory-12h": "ProxLB memory, 12 h (defaults)",
     "proxlb-cpu-12h": "ProxLB cpu, 12 h",
