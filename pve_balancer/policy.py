@@ -644,7 +644,7 @@ TARGETS_PER_MOVE = 4
 """Per guest and step of a plan, the search follows at most this many of
 the targets that accept it, least loaded first. Which target takes a guest
 changes a plan's rank only through that target's room for later moves and
-through a return (item 5 of the ranking), and the least loaded targets are
+through a return (see `_Search`), and the least loaded targets are
 the ones with the most room; following every target made a two-move plan
 on 64 nodes weigh all 100,000 `SEARCH_STEPS` in every cycle (1.4 s at
 1,000 guests, docs/benchmarks.md 2a), and four is more than a plan of
@@ -661,12 +661,12 @@ class _Search:
     that is not hot, and buys nothing if the later moves never happen); then
     the fewest guests the balancer moved within `PROACTIVE_REST` (the guest
     cheapest to copy would otherwise be passed round the cluster, paying a
-    migration each time and coming back where it was); then the fewest
-    guests sent back to a node the balancer moved them off within
-    `RETURN_MEMORY` (such a move undoes an earlier one); then one that leaves
+    migration each time and coming back where it was); then one that leaves
     the source at or below `cpu_max - safety_margin`, the line targets must
     keep too (a source left just under `cpu_max` is back above it with the
-    next burst); then the least memory copied, since a live migration's
+    next burst); then the fewest guests sent back to a node the balancer
+    moved them off within `RETURN_MEMORY` (such a move undoes an earlier
+    one); then the least memory copied, since a live migration's
     cost is the memory it copies; then largest CPU share first, so the plan
     is the same for the same figures.
 
