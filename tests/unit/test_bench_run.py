@@ -92,7 +92,8 @@ def test_full_run_puts_balancers_and_bound_side_by_side(tmp_path: Path) -> None:
     assert "ha-auto-rebalance" in header
     bound_doc = json.loads((tmp_path / "bound.json").read_text())
     (row,) = bound_doc["rows"]
-    assert set(row["to_bound"]) == {"none", "pve-balancer", "pve-auto-rebalance"}
+    assert set(row["to_bound"]) == {"none", "pve-balancer", "pve-auto-rebalance",
+                                    "pve-auto-rebalance-dynamic"}
     quality_doc = json.loads((tmp_path / "quality.json").read_text())
     (q,) = quality_doc["results"]
     base = q["baseline"]
