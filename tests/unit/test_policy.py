@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -291,6 +292,17 @@ def test_memory_pressure_is_tracked_with_hysteresis() -> None:
     assert track_memory_pressure({}, drained, config) == {}
 
 
+def _relief_search(snapshot: Snapshot, estimates: Estimates, hot: str) -> Any:
+    """The CPU relief search for node `hot`, built as `decide` builds it."""
+    from pve_balancer import policy
+
+    view = policy._View.build(snapshot, estimates, Config())
+    source = view.loads[hot]
+    movable, _, _ = policy._candidates(view, Mode.CPU, source, PolicyState(), random.Random(0))
+    targets, _ = policy._targets(view, source)
+    return policy._Search(view, source, movable, targets, PolicyState(), random.Random(0))
+
+
 def test_plan_search_is_bounded_on_a_large_tight_cluster() -> None:
     """32 nodes of 50 guests, every peer just under the target line: without
     the bound the search weighed millions of pairs (seconds per cycle); with
@@ -310,11 +322,7 @@ def test_plan_search_is_bounded_on_a_large_tight_cluster() -> None:
         nodes.append(node(name, cpu, 200, cores=64, ram_gib=512))
     snapshot = cluster(tuple(nodes), tuple(guests))
     estimates = estimates_from_raw(snapshot)
-    view = policy._View.build(snapshot, estimates, Config())
-    source = view.loads["pve1"]
-    movable, _, _ = policy._candidates(view, Mode.CPU, source, PolicyState(), random.Random(0))
-    targets, _ = policy._targets(view, source)
-    search = policy._Search(view, source, movable, targets, PolicyState(), random.Random(0))
+    search = _relief_search(snapshot, estimates, "pve1")
     search.run()
     assert search.steps == policy.SEARCH_STEPS  # reached, and not passed
     decision = decide(snapshot, estimates, Config(), PolicyState(), random.Random(0))
@@ -333,15 +341,12 @@ def test_plan_search_follows_a_few_targets_per_move_on_a_wide_cluster() -> None:
     nodes += [node(f"pve{i}", 0.40, 100, cores=64, ram_gib=512) for i in range(2, 65)]
     snapshot = cluster(tuple(nodes), hot)
     estimates = estimates_from_raw(snapshot)
-    view = policy._View.build(snapshot, estimates, Config())
-    source = view.loads["pve1"]
-    movable, _, _ = policy._candidates(view, Mode.CPU, source, PolicyState(), random.Random(0))
-    targets, _ = policy._targets(view, source)
-    search = policy._Search(view, source, movable, targets, PolicyState(), random.Random(0))
+    search = _relief_search(snapshot, estimates, "pve1")
     plan = search.run()
     assert plan is not None and len(plan.moves) == 2
     per_move = policy.TARGETS_PER_MOVE
-    bound = len(movable) * per_move * (1 + (len(movable) - 1) * per_move)
+    movable = len(search.movable)
+    bound = movable * per_move * (1 + (movable - 1) * per_move)
     assert search.steps <= bound < policy.SEARCH_STEPS // 10
     decision = decide(snapshot, estimates, Config(), PolicyState(), random.Random(0))
     assert "(move 1 of 2 planned" in decision.reason
