@@ -50,11 +50,13 @@ from .status import is_stale, read_status
 # Ticks are scheduled at the interval; a tick that arrives a hair early
 # (timer jitter) must not skip a whole interval.
 _EARLY_SLACK = 0.1
-TAKEOVER_PAUSES = (0.005, 0.01, 0.02, 0.04)
-"""On a cluster of 3+ nodes pmxcfs may delete an expired lock a few ms after
-the unlock request returns (measured on pmxcfs 9.1.6: 2.8-3.3 ms), so a
-mkdir right after it can still see EEXIST: retry after these pauses (75 ms
-in all) before waiting a whole retry interval."""
+TAKEOVER_PAUSES = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+"""On a cluster of 3+ nodes pmxcfs deletes an expired lock in a second
+message round after the unlock request returns (the lowest-id node answers
+the request with an unlock message): 2.8-3.3 ms on an idle pmxcfs 9.1.6,
+more than 75 ms on a loaded one. So a mkdir right after the request can
+still see EEXIST: retry after these pauses (315 ms in all) before waiting a
+whole retry interval."""
 WRITE_DEADLINE = 15.0
 """Seconds a mkdir, renew or unlock request may take: a write during a
 membership change legitimately blocks until corosync settles (~8 s on 3

@@ -246,7 +246,15 @@ def _crash_takeover(labs: list[ProcessLab], tmp_path: Path, timing: Timing, inte
     report = lab.report() + f"\nlast renew {last_renew:.3f}, kill {t_kill:.3f}"
     assert after_renew >= timing.lifetime, f"took over before the lock expired\n{report}"
     assert after_renew <= timing.lifetime + 1 + retry + SLACK, report
-    assert "after it expired" in new.text, report
+    if lab.cluster is None:
+        assert "after it expired" in new.text, report
+    else:
+        # On the real pmxcfs the deletion is a second message round: under
+        # load it can land after every standby's retries, and the next
+        # plain mkdir (of any standby) takes the lock. Either way the timing
+        # above says it was taken only once it had expired.
+        assert new.text.startswith(("became leader (lock acquired after it expired)",
+                                    "became leader (lock acquired)")), report
     assert lab.overlaps() == [], report
     if lab.cluster is None:
         lock = lab.lock_status()
