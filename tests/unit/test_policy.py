@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
+from pve_balancer import policy
 from pve_balancer.config import Config
 from pve_balancer.model import Decision, Estimates, Mode, Snapshot
 from pve_balancer.policy import (
@@ -292,10 +292,8 @@ def test_memory_pressure_is_tracked_with_hysteresis() -> None:
     assert track_memory_pressure({}, drained, config) == {}
 
 
-def _relief_search(snapshot: Snapshot, estimates: Estimates, hot: str) -> Any:
+def _relief_search(snapshot: Snapshot, estimates: Estimates, hot: str) -> policy._Search:
     """The CPU relief search for node `hot`, built as `decide` builds it."""
-    from pve_balancer import policy
-
     view = policy._View.build(snapshot, estimates, Config())
     source = view.loads[hot]
     movable, _, _ = policy._candidates(view, Mode.CPU, source, PolicyState(), random.Random(0))
@@ -307,8 +305,6 @@ def test_plan_search_is_bounded_on_a_large_tight_cluster() -> None:
     """32 nodes of 50 guests, every peer just under the target line: without
     the bound the search weighed millions of pairs (seconds per cycle); with
     it, it stops at SEARCH_STEPS and the decision is still a legal one."""
-    from pve_balancer import policy
-
     rng = random.Random(2)
     nodes, guests, vmid = [], [], 100
     for i in range(32):
@@ -334,8 +330,6 @@ def test_plan_search_follows_a_few_targets_per_move_on_a_wide_cluster() -> None:
     search follows `TARGETS_PER_MOVE` accepting targets per guest and step,
     so the two-move plan costs a few thousand steps, not the 100,000 of
     `SEARCH_STEPS` (1.4 s a cycle) it took when every target was followed."""
-    from pve_balancer import policy
-
     hot = tuple(vm(100 + i, "pve1", 0.9, vcpus=4, mem_gib=4) for i in range(16))
     nodes = [node("pve1", 0.89, 100, cores=64, ram_gib=512)]
     nodes += [node(f"pve{i}", 0.40, 100, cores=64, ram_gib=512) for i in range(2, 65)]
