@@ -248,7 +248,7 @@ def code_state() -> dict[str, Any]:
                                  timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
             return ""
-        return out.stdout.strip()
+        return out.stdout.rstrip()  # not strip(): a status line starts with a space
 
     dirty = git("status", "--porcelain", "--", "pve_balancer", "pvesim")
     return {"commit": git("rev-parse", "HEAD") or None,
