@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import harness, make_hotspot  # noqa: E402
-from bench.quality import agent_config, code_state, summarize  # noqa: E402
+from bench.quality import _count, agent_config, code_state, summarize  # noqa: E402
 
 DEFAULT_VARIANTS = tuple(range(7))
 OUT = REPO / "bench" / "results" / "hotspot-variants.json"
@@ -70,10 +70,6 @@ def run_variant(n: int, settings: Sequence[str], hours: float) -> dict[str, Any]
     result = harness.run(source, seed=0, duration=hours * 3600, with_agent=True,
                          config=agent_config(settings, 0))
     figures = summarize(result)
-    kinds: dict[str, int] = {}
-    for started in result.started:
-        kind = decision_kind(str(started["sentence"]))
-        kinds[kind] = kinds.get(kind, 0) + 1
     return {
         "variant": n,
         "migrations": figures["migrations"]["count"],
@@ -81,7 +77,7 @@ def run_variant(n: int, settings: Sequence[str], hours: float) -> dict[str, Any]
         "cpu_starvation_core_seconds": round(figures["cpu_starvation_core_seconds"]),
         "gib_copied": round(figures["migrations"]["bytes"] / 2**30),
         "undone": figures["economy"]["undone"],
-        "decisions_by_kind": dict(sorted(kinds.items())),
+        "decisions_by_kind": _count([decision_kind(str(f["sentence"])) for f in result.started]),
         "wall_seconds": round(result.wall_seconds, 1),
     }
 
